@@ -1,0 +1,1 @@
+//! Objective quality metrics and bitrate accounting (being written).

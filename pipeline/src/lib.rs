@@ -1,0 +1,1 @@
+//! Model execution and the neural AIC codec.

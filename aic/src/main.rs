@@ -1,1 +1,164 @@
-fn main() {}
+//! `aic` — the AIC command line.
+
+mod audio;
+mod bench;
+mod plot;
+mod transcode;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aic_codec::CodecRegistry;
+use aic_codec::bitstream::container;
+use aic_codec::resample::resample;
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "aic", version, about = "AIC neural speech compression: encode, decode, compare with Opus")]
+struct Cli {
+    /// Directory of the AIC model (manifest.json + ONNX graphs). Default: $AIC_MODEL_DIR, else
+    /// the model shipped in this repository.
+    #[arg(long, global = true)]
+    model: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List registered codecs and whether they can run here.
+    Codecs,
+    /// Encode a WAV file into a self-describing .aic file.
+    Encode {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value = "aic")]
+        codec: String,
+        /// AIC level: number of codebooks sent (see `aic codecs`).
+        #[arg(long, conflicts_with = "bitrate")]
+        level: Option<u8>,
+        /// Target bitrate for bitrate-driven codecs, e.g. 12k or 12000.
+        #[arg(long)]
+        bitrate: Option<String>,
+    },
+    /// Decode a .aic file to WAV; everything needed comes from the file's header.
+    Decode {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Conceal corrupt frames and stop quietly at a damaged tail instead of failing.
+        #[arg(long)]
+        lenient: bool,
+    },
+    /// Compare codecs on speech: bitrate, quality, speed, latency.
+    Bench {
+        /// WAV files or directories of WAV files.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Comma-separated codecs and points, e.g. `opus@6k,opus-osce,aic@L2` (default: all).
+        #[arg(long)]
+        codecs: Option<String>,
+        /// Write the JSON report here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write the rate–quality plot (SVG) here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Skip the optional Python evaluator (PESQ-WB, ViSQOL).
+        #[arg(long)]
+        no_external: bool,
+    },
+}
+
+fn registry(model: Option<&Path>) -> CodecRegistry {
+    let mut reg = CodecRegistry::with_builtin();
+    aic_pipeline::register_aic(&mut reg, model);
+    reg
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aic: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let reg = registry(cli.model.as_deref());
+    match cli.cmd {
+        Cmd::Codecs => {
+            for d in reg.iter() {
+                let status = match d.factory.availability() {
+                    Ok(()) => "available".to_owned(),
+                    Err(why) => format!("UNAVAILABLE: {why}"),
+                };
+                let ladder: Vec<String> = d.ladder.iter().map(ToString::to_string).collect();
+                println!("{:<10} {:>5} Hz  points {:<28} {}\n           {}", d.name, d.sample_rate, ladder.join(","), status, d.summary);
+            }
+        }
+        Cmd::Encode { input, output, codec, level, bitrate } => {
+            let point = match (level, bitrate) {
+                (Some(l), _) => Some(aic_codec::OperatingPoint::Level(l)),
+                (None, Some(b)) => Some(bench::parse_point(&b)?),
+                (None, None) => None,
+            };
+            let d = reg.get(&codec)?;
+            let (pcm, sr) = audio::read_wav(&input)?;
+            let pcm = resample(&pcm, sr, d.sample_rate)?;
+            let e = transcode::encode(&reg, &codec, point, &pcm)?;
+            let bytes = transcode::to_container(&e)?;
+            std::fs::write(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
+            eprintln!(
+                "{} -> {}: {} {} , {} frames, {:.2} kbps, {} bytes",
+                input.display(),
+                output.display(),
+                e.header.info.codec,
+                e.header.info.point,
+                e.packets.len(),
+                transcode::bitrate_bps(&e) / 1000.0,
+                bytes.len()
+            );
+        }
+        Cmd::Decode { input, output, lenient } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
+            let (h, packets) = container::read(&bytes).with_context(|| format!("{}", input.display()))?;
+            let packets = packets.map(|p| p.map_err(anyhow::Error::from));
+            let d = transcode::decode(&reg, &h.info, h.total_samples, packets, lenient)
+                .with_context(|| format!("{}", input.display()))?;
+            if (d.pcm.len() as u64) < h.total_samples && !lenient {
+                bail!("{}: decoded {} of {} samples", input.display(), d.pcm.len(), h.total_samples);
+            }
+            audio::write_wav(&output, &d.pcm, d.sample_rate)?;
+            eprintln!(
+                "{} -> {}: {} {} at {} Hz, {:.2} s, {} frames concealed",
+                input.display(),
+                output.display(),
+                h.info.codec,
+                h.info.point,
+                d.sample_rate,
+                d.pcm.len() as f64 / f64::from(d.sample_rate),
+                d.concealed
+            );
+        }
+        Cmd::Bench { inputs, codecs, json, plot, no_external } => {
+            let opts = bench::Options { inputs, codecs, json, plot, external: !no_external };
+            let rep = bench::run(&reg, &opts)?;
+            print!("{}", bench::table(&rep));
+            if let Some(p) = &opts.json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("cannot write {}", p.display()))?;
+                eprintln!("report: {}", p.display());
+            }
+            if let Some(p) = &opts.plot {
+                plot::write_svg(&rep, p)?;
+                eprintln!("plot: {}", p.display());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One idempotent set-up for a fresh Debian 12 machine (and a no-op on a ready one):
+#   1. Debian packages the build and the tests need,
+#   2. a project-local Python venv (.venv) with the pinned ONNX Runtime wheel whose
+#      libonnxruntime.so the `ort` crate loads at run time, plus the optional PESQ evaluator.
+# Model files are committed under models/; nothing is downloaded from anywhere but the
+# package registries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+APT_PACKAGES=(
+  cmake pkg-config build-essential   # opusic-sys builds libopus 1.6 from bundled source
+  python3 python3-venv python3-dev   # .venv for ONNX Runtime and the optional evaluator
+  ffmpeg espeak-ng sox               # corpus preparation and fixture generation
+)
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { log "cargo not found: this project needs the machine's Rust toolchain (rustup)"; exit 1; }
+
+# Prefer Debian's python3 when both exist: it matches python3-venv/python3-dev above.
+PY=/usr/bin/python3; [ -x "$PY" ] || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import onnxruntime, sys; sys.exit(onnxruntime.__version__ != '$ORT_VERSION')" 2>/dev/null; then
+  log "installing onnxruntime==$ORT_VERSION into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q "onnxruntime==$ORT_VERSION" numpy
+fi
+# Optional evaluator packages (PESQ-WB, ViSQOL): a failure here only disables those columns.
+if ! .venv/bin/python -c "import pesq" 2>/dev/null; then
+  log "installing the optional PESQ evaluator"
+  .venv/bin/python -m pip install -q pesq soundfile || log "pesq could not be installed: aic bench will say PESQ-WB is absent"
+fi
+
+lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | sort | tail -n1)
+[ -n "$lib" ] || { log "libonnxruntime.so missing from .venv"; exit 1; }
+log "ready (ONNX Runtime: $lib)"

@@ -59,7 +59,11 @@ pub struct Options {
 }
 
 /// `opus`, `opus@12k`, `aic@L3`, comma separated. A bare name means the codec's default ladder.
-pub fn parse_specs(reg: &CodecRegistry, spec: Option<&str>, notes: &mut Vec<String>) -> Result<Vec<(String, OperatingPoint)>> {
+pub fn parse_specs(
+    reg: &CodecRegistry,
+    spec: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, OperatingPoint)>> {
     let mut out = Vec::new();
     let Some(spec) = spec else {
         for d in reg.iter() {
@@ -94,14 +98,20 @@ pub fn parse_specs(reg: &CodecRegistry, spec: Option<&str>, notes: &mut Vec<Stri
 pub fn parse_point(s: &str) -> Result<OperatingPoint> {
     let s = s.trim();
     if let Some(l) = s.strip_prefix(['L', 'l']) {
-        let v: u8 = l.parse().with_context(|| format!("bad level {s:?} (expected e.g. L3)"))?;
+        let v: u8 = l
+            .parse()
+            .with_context(|| format!("bad level {s:?} (expected e.g. L3)"))?;
         return Ok(OperatingPoint::Level(v));
     }
     if let Some(k) = s.strip_suffix(['k', 'K']) {
-        let v: f64 = k.parse().with_context(|| format!("bad bitrate {s:?} (expected e.g. 12k)"))?;
+        let v: f64 = k
+            .parse()
+            .with_context(|| format!("bad bitrate {s:?} (expected e.g. 12k)"))?;
         return Ok(OperatingPoint::BitrateBps((v * 1000.0).round() as u32));
     }
-    let v: u32 = s.parse().with_context(|| format!("bad operating point {s:?} (expected 12k, 12000 or L3)"))?;
+    let v: u32 = s
+        .parse()
+        .with_context(|| format!("bad operating point {s:?} (expected 12k, 12000 or L3)"))?;
     Ok(OperatingPoint::BitrateBps(v))
 }
 
@@ -151,13 +161,24 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
     for f in &files {
         let (pcm, sr) = crate::audio::read_wav(f)?;
         if pcm.len() < sr as usize / 2 {
-            bail!("{}: {:.2} s is too short to measure (need at least 0.5 s)", f.display(), pcm.len() as f64 / f64::from(sr));
+            bail!(
+                "{}: {:.2} s is too short to measure (need at least 0.5 s)",
+                f.display(),
+                pcm.len() as f64 / f64::from(sr)
+            );
         }
         let pcm16k = resample(&pcm, sr, EVAL_RATE)?;
-        inputs.push(InputInfo { path: f.display().to_string(), seconds: pcm16k.len() as f64 / f64::from(EVAL_RATE) });
+        inputs.push(InputInfo {
+            path: f.display().to_string(),
+            seconds: pcm16k.len() as f64 / f64::from(EVAL_RATE),
+        });
         clips.push(Clip { pcm16k });
     }
-    let evaluator = if opts.external { Evaluator::find(&mut notes) } else { None };
+    let evaluator = if opts.external {
+        Evaluator::find(&mut notes)
+    } else {
+        None
+    };
     if !opts.external {
         notes.push("PESQ-WB/ViSQOL not computed (--no-external)".into());
     }
@@ -173,7 +194,8 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             let e = transcode::encode(reg, codec, Some(*point), &input)
                 .with_context(|| format!("{codec}@{point}"))?;
             latency = e.header.info.algorithmic_latency_ms();
-            let coded_secs = e.packets.len() as f64 * e.header.info.frame_samples as f64 / f64::from(d.sample_rate);
+            let coded_secs = e.packets.len() as f64 * e.header.info.frame_samples as f64
+                / f64::from(d.sample_rate);
             bits += transcode::bitrate_bps(&e) * coded_secs;
             secs += coded_secs;
             enc_t += e.encode_time.as_secs_f64();
@@ -190,8 +212,16 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             let n = out.len().min(clip.pcm16k.len());
             let (r, o) = (&clip.pcm16k[..n], &out[..n]);
             let stoi = metrics::stoi(r, o, EVAL_RATE).ok();
-            let ext = evaluator.as_ref().map(|ev| ev.score(r, o)).unwrap_or_default();
-            per.push((stoi, metrics::si_sdr(r, o).ok(), metrics::log_mel_distance(r, o, EVAL_RATE).ok(), ext));
+            let ext = evaluator
+                .as_ref()
+                .map(|ev| ev.score(r, o))
+                .unwrap_or_default();
+            per.push((
+                stoi,
+                metrics::si_sdr(r, o).ok(),
+                metrics::log_mel_distance(r, o, EVAL_RATE).ok(),
+                ext,
+            ));
         }
         let stoi: Vec<Option<f64>> = per.iter().map(|p| p.0).collect();
         let pesq: Vec<Option<f64>> = per.iter().map(|p| p.3.0).collect();
@@ -210,21 +240,42 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             algorithmic_latency_ms: latency,
             concealed_frames: concealed,
         };
-        eprintln!("  {:<10} {:>6}  {:>6.2} kbps", row.codec, row.point, row.bitrate_kbps);
+        eprintln!(
+            "  {:<10} {:>6}  {:>6.2} kbps",
+            row.codec, row.point, row.bitrate_kbps
+        );
         rows.push(row);
     }
     if rows.iter().any(|r| r.stoi.is_none()) {
-        notes.push("STOI needs ≥ 30 non-silent 25.6 ms frames per clip; shorter clips show '-'".into());
+        notes.push(
+            "STOI needs ≥ 30 non-silent 25.6 ms frames per clip; shorter clips show '-'".into(),
+        );
     }
-    Ok(Report { aic_version: env!("CARGO_PKG_VERSION"), cpu: cpu_name(), eval_sample_rate: EVAL_RATE, inputs, rows, notes })
+    Ok(Report {
+        aic_version: env!("CARGO_PKG_VERSION"),
+        cpu: cpu_name(),
+        eval_sample_rate: EVAL_RATE,
+        inputs,
+        rows,
+        notes,
+    })
 }
 
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown".into())
-        + &format!(" ({} logical CPUs)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        + &format!(
+            " ({} logical CPUs)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        )
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -234,7 +285,17 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 pub fn table(rep: &Report) -> String {
     let mut s = format!(
         "{:<10} {:>6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}\n",
-        "codec", "point", "kbps", "STOI", "SI-SDR", "mel", "PESQ", "ViSQOL", "enc RTF", "dec RTF", "lat ms"
+        "codec",
+        "point",
+        "kbps",
+        "STOI",
+        "SI-SDR",
+        "mel",
+        "PESQ",
+        "ViSQOL",
+        "enc RTF",
+        "dec RTF",
+        "lat ms"
     );
     for r in &rep.rows {
         s += &format!(
@@ -268,13 +329,24 @@ struct Evaluator {
 impl Evaluator {
     fn find(notes: &mut Vec<String>) -> Option<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let script = std::env::var_os("AIC_EVAL_SCRIPT").map(PathBuf::from).unwrap_or_else(|| root.join("scripts/eval_quality.py"));
+        let script = std::env::var_os("AIC_EVAL_SCRIPT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("scripts/eval_quality.py"));
         let venv = root.join(".venv/bin/python");
         let python = std::env::var_os("AIC_PYTHON")
             .map(PathBuf::from)
-            .unwrap_or_else(|| if venv.exists() { venv } else { PathBuf::from("python3") });
+            .unwrap_or_else(|| {
+                if venv.exists() {
+                    venv
+                } else {
+                    PathBuf::from("python3")
+                }
+            });
         if !script.exists() {
-            notes.push(format!("PESQ-WB/ViSQOL not computed: evaluator {} not found", script.display()));
+            notes.push(format!(
+                "PESQ-WB/ViSQOL not computed: evaluator {} not found",
+                script.display()
+            ));
             return None;
         }
         let dir = std::env::temp_dir().join(format!("aic-bench-{}", std::process::id()));
@@ -282,20 +354,35 @@ impl Evaluator {
             notes.push(format!("PESQ-WB/ViSQOL not computed: {e}"));
             return None;
         }
-        let ev = Self { python, script, dir };
+        let ev = Self {
+            python,
+            script,
+            dir,
+        };
         // Probe once with a short tone so a missing package is reported once, clearly.
-        let probe: Vec<f32> = (0..32_000).map(|i| 0.3 * (i as f32 * 0.07).sin() * (i as f32 * 0.0005).sin()).collect();
+        let probe: Vec<f32> = (0..32_000)
+            .map(|i| 0.3 * (i as f32 * 0.07).sin() * (i as f32 * 0.0005).sin())
+            .collect();
         match ev.run(&probe, &probe) {
             Ok(v) => {
-                if let Some(errs) = v.get("errors").and_then(|e| e.as_object()).filter(|e| !e.is_empty()) {
+                if let Some(errs) = v
+                    .get("errors")
+                    .and_then(|e| e.as_object())
+                    .filter(|e| !e.is_empty())
+                {
                     for (k, why) in errs {
-                        notes.push(format!("{k} not computed: {}", why.as_str().unwrap_or("unavailable")));
+                        notes.push(format!(
+                            "{k} not computed: {}",
+                            why.as_str().unwrap_or("unavailable")
+                        ));
                     }
                 }
                 Some(ev)
             }
             Err(e) => {
-                notes.push(format!("PESQ-WB/ViSQOL not computed: evaluator failed: {e:#}"));
+                notes.push(format!(
+                    "PESQ-WB/ViSQOL not computed: evaluator failed: {e:#}"
+                ));
                 None
             }
         }
@@ -312,7 +399,13 @@ impl Evaluator {
             .output()
             .with_context(|| format!("cannot run {}", self.python.display()))?;
         if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("exit status non-zero"));
+            bail!(
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("exit status non-zero")
+            );
         }
         let line = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(line.trim()).context("evaluator printed no JSON")
@@ -320,7 +413,10 @@ impl Evaluator {
 
     fn score(&self, r: &[f32], o: &[f32]) -> (Option<f64>, Option<f64>) {
         match self.run(r, o) {
-            Ok(v) => (v.get("pesq_wb").and_then(|x| x.as_f64()), v.get("visqol").and_then(|x| x.as_f64())),
+            Ok(v) => (
+                v.get("pesq_wb").and_then(|x| x.as_f64()),
+                v.get("visqol").and_then(|x| x.as_f64()),
+            ),
             Err(_) => (None, None),
         }
     }

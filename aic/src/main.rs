@@ -15,7 +15,11 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "aic", version, about = "AIC neural speech compression: encode, decode, compare with Opus")]
+#[command(
+    name = "aic",
+    version,
+    about = "AIC neural speech compression: encode, decode, compare with Opus"
+)]
 struct Cli {
     /// Directory of the AIC model (manifest.json + ONNX graphs). Default: $AIC_MODEL_DIR, else
     /// the model shipped in this repository.
@@ -99,10 +103,23 @@ fn run(cli: Cli) -> Result<()> {
                     Err(why) => format!("UNAVAILABLE: {why}"),
                 };
                 let ladder: Vec<String> = d.ladder.iter().map(ToString::to_string).collect();
-                println!("{:<10} {:>5} Hz  points {:<28} {}\n           {}", d.name, d.sample_rate, ladder.join(","), status, d.summary);
+                println!(
+                    "{:<10} {:>5} Hz  points {:<28} {}\n           {}",
+                    d.name,
+                    d.sample_rate,
+                    ladder.join(","),
+                    status,
+                    d.summary
+                );
             }
         }
-        Cmd::Encode { input, output, codec, level, bitrate } => {
+        Cmd::Encode {
+            input,
+            output,
+            codec,
+            level,
+            bitrate,
+        } => {
             let point = match (level, bitrate) {
                 (Some(l), _) => Some(aic_codec::OperatingPoint::Level(l)),
                 (None, Some(b)) => Some(bench::parse_point(&b)?),
@@ -113,7 +130,8 @@ fn run(cli: Cli) -> Result<()> {
             let pcm = resample(&pcm, sr, d.sample_rate)?;
             let e = transcode::encode(&reg, &codec, point, &pcm)?;
             let bytes = transcode::to_container(&e)?;
-            std::fs::write(&output, &bytes).with_context(|| format!("cannot write {}", output.display()))?;
+            std::fs::write(&output, &bytes)
+                .with_context(|| format!("cannot write {}", output.display()))?;
             eprintln!(
                 "{} -> {}: {} {} , {} frames, {:.2} kbps, {} bytes",
                 input.display(),
@@ -125,14 +143,25 @@ fn run(cli: Cli) -> Result<()> {
                 bytes.len()
             );
         }
-        Cmd::Decode { input, output, lenient } => {
-            let bytes = std::fs::read(&input).with_context(|| format!("cannot read {}", input.display()))?;
-            let (h, packets) = container::read(&bytes).with_context(|| format!("{}", input.display()))?;
+        Cmd::Decode {
+            input,
+            output,
+            lenient,
+        } => {
+            let bytes = std::fs::read(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let (h, packets) =
+                container::read(&bytes).with_context(|| format!("{}", input.display()))?;
             let packets = packets.map(|p| p.map_err(anyhow::Error::from));
             let d = transcode::decode(&reg, &h.info, h.total_samples, packets, lenient)
                 .with_context(|| format!("{}", input.display()))?;
             if (d.pcm.len() as u64) < h.total_samples && !lenient {
-                bail!("{}: decoded {} of {} samples", input.display(), d.pcm.len(), h.total_samples);
+                bail!(
+                    "{}: decoded {} of {} samples",
+                    input.display(),
+                    d.pcm.len(),
+                    h.total_samples
+                );
             }
             audio::write_wav(&output, &d.pcm, d.sample_rate)?;
             eprintln!(
@@ -146,12 +175,25 @@ fn run(cli: Cli) -> Result<()> {
                 d.concealed
             );
         }
-        Cmd::Bench { inputs, codecs, json, plot, no_external } => {
-            let opts = bench::Options { inputs, codecs, json, plot, external: !no_external };
+        Cmd::Bench {
+            inputs,
+            codecs,
+            json,
+            plot,
+            no_external,
+        } => {
+            let opts = bench::Options {
+                inputs,
+                codecs,
+                json,
+                plot,
+                external: !no_external,
+            };
             let rep = bench::run(&reg, &opts)?;
             print!("{}", bench::table(&rep));
             if let Some(p) = &opts.json {
-                std::fs::write(p, serde_json::to_string_pretty(&rep)?).with_context(|| format!("cannot write {}", p.display()))?;
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
                 eprintln!("report: {}", p.display());
             }
             if let Some(p) = &opts.plot {

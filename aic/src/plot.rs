@@ -23,7 +23,9 @@ fn series(rep: &Report, y: impl Fn(&crate::bench::Row) -> Option<f64>) -> Series
     let mut s: Series = BTreeMap::new();
     for r in &rep.rows {
         if let Some(v) = y(r).filter(|v| v.is_finite()) {
-            s.entry(r.codec.clone()).or_default().push((r.bitrate_kbps, v));
+            s.entry(r.codec.clone())
+                .or_default()
+                .push((r.bitrate_kbps, v));
         }
     }
     for v in s.values_mut() {
@@ -32,7 +34,11 @@ fn series(rep: &Report, y: impl Fn(&crate::bench::Row) -> Option<f64>) -> Series
     s
 }
 
-fn panel(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, title: &str, s: &Series) -> Result<()> {
+fn panel(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    title: &str,
+    s: &Series,
+) -> Result<()> {
     let pts = s.values().flatten();
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
@@ -52,7 +58,11 @@ fn panel(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, title: &str
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..x1 * 1.08, (y0 - pad)..(y1 + pad))
         .map_err(|x| e(&x))?;
-    chart.configure_mesh().x_desc("bitrate (kbps)").draw().map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("bitrate (kbps)")
+        .draw()
+        .map_err(|x| e(&x))?;
     for (i, (name, v)) in s.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         chart
@@ -60,7 +70,9 @@ fn panel(area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>, title: &str
             .map_err(|x| e(&x))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
-        chart.draw_series(v.iter().map(|&p| Circle::new(p, 4, c.filled()))).map_err(|x| e(&x))?;
+        chart
+            .draw_series(v.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(|x| e(&x))?;
     }
     chart
         .configure_series_labels()
@@ -80,7 +92,11 @@ pub fn write_svg(rep: &Report, path: &Path) -> Result<()> {
     panel(&a, "STOI (higher is better)", &series(rep, |r| r.stoi))?;
     let pesq = series(rep, |r| r.pesq_wb);
     if pesq.is_empty() {
-        panel(&b, "log-mel distance (lower is better)", &series(rep, |r| r.log_mel_distance))?;
+        panel(
+            &b,
+            "log-mel distance (lower is better)",
+            &series(rep, |r| r.log_mel_distance),
+        )?;
     } else {
         panel(&b, "PESQ-WB (higher is better)", &pesq)?;
     }

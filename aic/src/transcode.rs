@@ -15,7 +15,12 @@ pub struct Encoded {
 
 /// Encodes `pcm` (already at the codec's sample rate). Extra zero frames are appended so the
 /// decoder can flush its delay and the decoded clip can be trimmed to exactly `pcm.len()`.
-pub fn encode(reg: &CodecRegistry, codec: &str, point: Option<OperatingPoint>, pcm: &[f32]) -> Result<Encoded> {
+pub fn encode(
+    reg: &CodecRegistry,
+    codec: &str,
+    point: Option<OperatingPoint>,
+    pcm: &[f32],
+) -> Result<Encoded> {
     let mut enc = reg.new_encoder(codec, point)?;
     let info = enc.info().clone();
     let n = info.frame_samples;
@@ -29,11 +34,19 @@ pub fn encode(reg: &CodecRegistry, codec: &str, point: Option<OperatingPoint>, p
         let lo = (i * n).min(pcm.len());
         let hi = ((i + 1) * n).min(pcm.len());
         frame[..hi - lo].copy_from_slice(&pcm[lo..hi]);
-        enc.encode_frame(&frame, &mut buf).with_context(|| format!("encoding frame {i}"))?;
+        enc.encode_frame(&frame, &mut buf)
+            .with_context(|| format!("encoding frame {i}"))?;
         packets.push(buf.clone());
     }
     let encode_time = t0.elapsed();
-    Ok(Encoded { header: Header { info, total_samples: pcm.len() as u64 }, packets, encode_time })
+    Ok(Encoded {
+        header: Header {
+            info,
+            total_samples: pcm.len() as u64,
+        },
+        packets,
+        encode_time,
+    })
 }
 
 pub struct Decoded {
@@ -85,7 +98,12 @@ pub fn decode<'a>(
     out.drain(..d);
     let total = usize::try_from(total_samples).unwrap_or(usize::MAX);
     out.truncate(total);
-    Ok(Decoded { pcm: out, sample_rate: info.sample_rate, decode_time, concealed })
+    Ok(Decoded {
+        pcm: out,
+        sample_rate: info.sample_rate,
+        decode_time,
+        concealed,
+    })
 }
 
 /// Serialises an encoded clip as a `.aic` file.
@@ -103,6 +121,7 @@ pub fn to_container(e: &Encoded) -> Result<Vec<u8>> {
 /// one frame per packet instead).
 pub fn bitrate_bps(e: &Encoded) -> f64 {
     let bytes: usize = e.packets.iter().map(Vec::len).sum();
-    let secs = e.packets.len() as f64 * e.header.info.frame_samples as f64 / f64::from(e.header.info.sample_rate);
+    let secs = e.packets.len() as f64 * e.header.info.frame_samples as f64
+        / f64::from(e.header.info.sample_rate);
     bytes as f64 * 8.0 / secs
 }

@@ -4,17 +4,27 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn aic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_aic")).args(args).output().expect("run aic")
+    Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args(args)
+        .output()
+        .expect("run aic")
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../datasets/fixtures/speech")
+        .join(name)
 }
 
 fn read_wav(p: &Path) -> (Vec<f32>, u32) {
     let mut r = hound::WavReader::open(p).unwrap();
     let sr = r.spec().sample_rate;
-    (r.samples::<i16>().map(|s| f32::from(s.unwrap()) / 32768.0).collect(), sr)
+    (
+        r.samples::<i16>()
+            .map(|s| f32::from(s.unwrap()) / 32768.0)
+            .collect(),
+        sr,
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -24,11 +34,21 @@ fn stderr(o: &Output) -> String {
 /// A failure is one `aic: error:` line and a non-zero exit, never a panic.
 fn assert_clean_failure(o: &Output, needle: &str) {
     let e = stderr(o);
-    assert!(!o.status.success(), "expected failure, got success; stderr: {e}");
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
     assert!(!e.contains("panicked"), "panic instead of an error: {e}");
-    assert_eq!(e.trim_end().lines().count(), 1, "expected one error line, got: {e}");
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "expected one error line, got: {e}"
+    );
     assert!(e.starts_with("aic: error:"), "{e}");
-    assert!(e.to_lowercase().contains(&needle.to_lowercase()), "expected {needle:?} in: {e}");
+    assert!(
+        e.to_lowercase().contains(&needle.to_lowercase()),
+        "expected {needle:?} in: {e}"
+    );
 }
 
 #[test]
@@ -47,14 +67,32 @@ fn opus_roundtrip_through_the_container() {
     let input = fixture("en_f_confbridge.wav");
     let coded = dir.path().join("x.aic");
     let out = dir.path().join("x.wav");
-    let o = aic(&["encode", input.to_str().unwrap(), "-o", coded.to_str().unwrap(), "--codec", "opus", "--bitrate", "16k"]);
+    let o = aic(&[
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        coded.to_str().unwrap(),
+        "--codec",
+        "opus",
+        "--bitrate",
+        "16k",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = aic(&["decode", coded.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = aic(&[
+        "decode",
+        coded.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (x, sr_in) = read_wav(&input);
     let (y, sr_out) = read_wav(&out);
     assert_eq!((sr_in, sr_out), (16_000, 16_000));
-    assert_eq!(x.len(), y.len(), "decoded clip is trimmed to the input length");
+    assert_eq!(
+        x.len(),
+        y.len(),
+        "decoded clip is trimmed to the input length"
+    );
     let stoi = aic_codec::metrics::stoi(&x, &y, 16_000).unwrap();
     assert!(stoi > 0.9, "STOI {stoi} after Opus 16 kbps");
     // Bitrate from the file size: header + 2-byte prefixes + ~16 kbps of packets.
@@ -69,24 +107,67 @@ fn damaged_files_give_one_clear_error() {
     let input = fixture("it_m_speed-dial.wav");
     let coded = dir.path().join("x.aic");
     let out = dir.path().join("x.wav");
-    assert!(aic(&["encode", input.to_str().unwrap(), "-o", coded.to_str().unwrap(), "--codec", "opus", "--bitrate", "8k"]).status.success());
+    assert!(
+        aic(&[
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            coded.to_str().unwrap(),
+            "--codec",
+            "opus",
+            "--bitrate",
+            "8k"
+        ])
+        .status
+        .success()
+    );
     let good = std::fs::read(&coded).unwrap();
 
     let mut header_hit = good.clone();
     header_hit[9] ^= 0x01;
     std::fs::write(&coded, &header_hit).unwrap();
-    assert_clean_failure(&aic(&["decode", coded.to_str().unwrap(), "-o", out.to_str().unwrap()]), "checksum");
+    assert_clean_failure(
+        &aic(&[
+            "decode",
+            coded.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "checksum",
+    );
 
     std::fs::write(&coded, &good[..good.len() - 3]).unwrap();
-    assert_clean_failure(&aic(&["decode", coded.to_str().unwrap(), "-o", out.to_str().unwrap()]), "ends inside packet");
+    assert_clean_failure(
+        &aic(&[
+            "decode",
+            coded.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "ends inside packet",
+    );
     // --lenient keeps everything before the damage.
-    let o = aic(&["decode", "--lenient", coded.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let o = aic(&[
+        "decode",
+        "--lenient",
+        coded.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (y, _) = read_wav(&out);
     assert!(y.len() > 16_000 * 3, "only {} samples kept", y.len());
 
     std::fs::write(&coded, b"RIFF0000WAVEfmt ").unwrap();
-    assert_clean_failure(&aic(&["decode", coded.to_str().unwrap(), "-o", out.to_str().unwrap()]), "not an .aic file");
+    assert_clean_failure(
+        &aic(&[
+            "decode",
+            coded.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "not an .aic file",
+    );
 }
 
 #[test]
@@ -94,21 +175,57 @@ fn bad_inputs_give_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("x.aic");
     let o = out.to_str().unwrap();
-    assert_clean_failure(&aic(&["encode", "/nonexistent.wav", "-o", o, "--codec", "opus"]), "cannot read");
+    assert_clean_failure(
+        &aic(&["encode", "/nonexistent.wav", "-o", o, "--codec", "opus"]),
+        "cannot read",
+    );
     let not_wav = dir.path().join("text.wav");
     std::fs::write(&not_wav, "hello").unwrap();
-    assert_clean_failure(&aic(&["encode", not_wav.to_str().unwrap(), "-o", o, "--codec", "opus"]), "as WAV");
+    assert_clean_failure(
+        &aic(&[
+            "encode",
+            not_wav.to_str().unwrap(),
+            "-o",
+            o,
+            "--codec",
+            "opus",
+        ]),
+        "as WAV",
+    );
     let slow = dir.path().join("4k.wav");
-    let spec = hound::WavSpec { channels: 1, sample_rate: 4000, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 4000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
     let mut w = hound::WavWriter::create(&slow, spec).unwrap();
     for _ in 0..4000 {
         w.write_sample(0i16).unwrap();
     }
     w.finalize().unwrap();
-    assert_clean_failure(&aic(&["encode", slow.to_str().unwrap(), "-o", o, "--codec", "opus"]), "sample rate");
+    assert_clean_failure(
+        &aic(&["encode", slow.to_str().unwrap(), "-o", o, "--codec", "opus"]),
+        "sample rate",
+    );
     let input = fixture("en_espeak.wav");
-    assert_clean_failure(&aic(&["encode", input.to_str().unwrap(), "-o", o, "--codec", "mp3"]), "unknown codec");
-    assert_clean_failure(&aic(&["encode", input.to_str().unwrap(), "-o", o, "--codec", "opus", "--bitrate", "1k"]), "bitrate");
+    assert_clean_failure(
+        &aic(&["encode", input.to_str().unwrap(), "-o", o, "--codec", "mp3"]),
+        "unknown codec",
+    );
+    assert_clean_failure(
+        &aic(&[
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            o,
+            "--codec",
+            "opus",
+            "--bitrate",
+            "1k",
+        ]),
+        "bitrate",
+    );
 }
 
 #[test]
@@ -130,16 +247,31 @@ fn bench_writes_table_json_and_plot() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
-    assert!(table.contains("STOI") && table.contains("opus-osce"), "{table}");
+    assert!(
+        table.contains("STOI") && table.contains("opus-osce"),
+        "{table}"
+    );
     let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let rows = rep["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
-    let kbps: Vec<f64> = rows.iter().map(|r| r["bitrate_kbps"].as_f64().unwrap()).collect();
-    assert!((4.5..8.0).contains(&kbps[0]) && (16.0..28.0).contains(&kbps[1]), "{kbps:?}");
+    let kbps: Vec<f64> = rows
+        .iter()
+        .map(|r| r["bitrate_kbps"].as_f64().unwrap())
+        .collect();
+    assert!(
+        (4.5..8.0).contains(&kbps[0]) && (16.0..28.0).contains(&kbps[1]),
+        "{kbps:?}"
+    );
     let stoi: Vec<f64> = rows.iter().map(|r| r["stoi"].as_f64().unwrap()).collect();
-    assert!(stoi[1] > stoi[0] && stoi[1] > 0.95, "more bits, better STOI: {stoi:?}");
+    assert!(
+        stoi[1] > stoi[0] && stoi[1] > 0.95,
+        "more bits, better STOI: {stoi:?}"
+    );
     assert!(rows.iter().all(|r| r["encode_rtf"].as_f64().unwrap() > 0.0));
     assert_eq!(rep["inputs"].as_array().unwrap().len(), 2);
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("opus-osce"), "plot lacks the series");
+    assert!(
+        plot.starts_with("<svg") && plot.contains("opus-osce"),
+        "plot lacks the series"
+    );
 }

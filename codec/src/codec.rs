@@ -75,7 +75,8 @@ pub trait Decoder: Send {
     /// Decodes one packet, or conceals a lost one (`None`), appending exactly
     /// `info().frame_samples` samples to `out`. A corrupt packet is an error for that frame
     /// only: the caller may conceal it with `decode_frame(None, ..)` and carry on.
-    fn decode_frame(&mut self, packet: Option<&[u8]>, out: &mut Vec<f32>) -> Result<(), CodecError>;
+    fn decode_frame(&mut self, packet: Option<&[u8]>, out: &mut Vec<f32>)
+    -> Result<(), CodecError>;
     fn reset(&mut self) -> Result<(), CodecError>;
 }
 

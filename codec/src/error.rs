@@ -19,7 +19,11 @@ pub enum CodecError {
     #[error("codec {name:?} is registered but not available: {reason}")]
     Unavailable { name: String, reason: String },
     #[error("frame has {got} samples, codec {codec} takes exactly {expected}")]
-    FrameSize { codec: String, expected: usize, got: usize },
+    FrameSize {
+        codec: String,
+        expected: usize,
+        got: usize,
+    },
     #[error("corrupt frame: {0}")]
     Bitstream(#[from] BitstreamError),
     #[error("corrupt container: {0}")]

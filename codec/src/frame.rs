@@ -11,7 +11,11 @@ pub struct AudioBuffer {
 
 impl AudioBuffer {
     pub fn new(sample_rate: u32, samples: Vec<f32>) -> Self {
-        Self { sample_rate, start: 0, samples }
+        Self {
+            sample_rate,
+            start: 0,
+            samples,
+        }
     }
 
     pub fn duration_secs(&self) -> f64 {
@@ -19,7 +23,10 @@ impl AudioBuffer {
     }
 
     /// Splits into codec frames of `frame_samples`, zero-padding the last one.
-    pub fn frames(&self, frame_samples: usize) -> impl Iterator<Item = std::borrow::Cow<'_, [f32]>> {
+    pub fn frames(
+        &self,
+        frame_samples: usize,
+    ) -> impl Iterator<Item = std::borrow::Cow<'_, [f32]>> {
         self.samples.chunks(frame_samples).map(move |c| {
             if c.len() == frame_samples {
                 std::borrow::Cow::Borrowed(c)

@@ -19,7 +19,11 @@ pub enum ManifestError {
     #[error("{0}")]
     Invalid(String),
     #[error("{file}: sha256 {got} does not match the manifest's {expected}")]
-    Checksum { file: String, got: String, expected: String },
+    Checksum {
+        file: String,
+        got: String,
+        expected: String,
+    },
 }
 
 fn invalid(s: impl Into<String>) -> ManifestError {
@@ -81,7 +85,8 @@ const MAX_CODEBOOK: usize = 1 << 15;
 
 impl Manifest {
     pub fn from_json(text: &str) -> Result<Self, ManifestError> {
-        let m: Manifest = serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let m: Manifest =
+            serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
         m.validate()?;
         Ok(m)
     }
@@ -96,7 +101,9 @@ impl Manifest {
         if self.model_id.is_empty() || self.model_id.len() > 64 {
             return Err(invalid("model_id must be 1..=64 bytes"));
         }
-        if !(8000..=48_000).contains(&self.sample_rate) || self.frame_samples as u32 * 50 != self.sample_rate {
+        if !(8000..=48_000).contains(&self.sample_rate)
+            || self.frame_samples as u32 * 50 != self.sample_rate
+        {
             return Err(invalid(format!(
                 "frame_samples {} at {} Hz is not a 20 ms frame",
                 self.frame_samples, self.sample_rate
@@ -106,21 +113,36 @@ impl Manifest {
             return Err(invalid("decoder_delay_samples exceeds one second"));
         }
         if self.latent_dim == 0 || self.latent_dim > MAX_LATENT {
-            return Err(invalid(format!("latent_dim {} not in 1..={MAX_LATENT}", self.latent_dim)));
+            return Err(invalid(format!(
+                "latent_dim {} not in 1..={MAX_LATENT}",
+                self.latent_dim
+            )));
         }
         if self.num_codebooks == 0 || self.num_codebooks > usize::from(MAX_LEVEL) {
-            return Err(invalid(format!("num_codebooks {} not in 1..={MAX_LEVEL}", self.num_codebooks)));
+            return Err(invalid(format!(
+                "num_codebooks {} not in 1..={MAX_LEVEL}",
+                self.num_codebooks
+            )));
         }
         if self.codebook_size < 2 || self.codebook_size > MAX_CODEBOOK {
-            return Err(invalid(format!("codebook_size {} not in 2..={MAX_CODEBOOK}", self.codebook_size)));
+            return Err(invalid(format!(
+                "codebook_size {} not in 2..={MAX_CODEBOOK}",
+                self.codebook_size
+            )));
         }
         for (name, g) in [("encoder", &self.encoder), ("decoder", &self.decoder)] {
             if g.state_size > MAX_STATE {
-                return Err(invalid(format!("{name}.state_size {} > {MAX_STATE}", g.state_size)));
+                return Err(invalid(format!(
+                    "{name}.state_size {} > {MAX_STATE}",
+                    g.state_size
+                )));
             }
         }
         if self.codebooks.dtype != "f32le" {
-            return Err(invalid(format!("codebooks.dtype {:?} (expected \"f32le\")", self.codebooks.dtype)));
+            return Err(invalid(format!(
+                "codebooks.dtype {:?} (expected \"f32le\")",
+                self.codebooks.dtype
+            )));
         }
         if self.codebooks.shape != [self.num_codebooks, self.codebook_size, self.latent_dim] {
             return Err(invalid(format!(
@@ -129,19 +151,34 @@ impl Manifest {
             )));
         }
         if self.entropy.precision_bits != PRECISION_BITS {
-            return Err(invalid(format!("entropy.precision_bits {} (expected {PRECISION_BITS})", self.entropy.precision_bits)));
+            return Err(invalid(format!(
+                "entropy.precision_bits {} (expected {PRECISION_BITS})",
+                self.entropy.precision_bits
+            )));
         }
         if self.entropy.frequencies.len() != self.num_codebooks
-            || self.entropy.frequencies.iter().any(|f| f.len() != self.codebook_size)
+            || self
+                .entropy
+                .frequencies
+                .iter()
+                .any(|f| f.len() != self.codebook_size)
         {
-            return Err(invalid("entropy.frequencies must be num_codebooks lists of codebook_size entries"));
+            return Err(invalid(
+                "entropy.frequencies must be num_codebooks lists of codebook_size entries",
+            ));
         }
         self.entropy_model()?;
         if self.levels.is_empty()
-            || self.levels.iter().any(|&l| l == 0 || usize::from(l) > self.num_codebooks)
+            || self
+                .levels
+                .iter()
+                .any(|&l| l == 0 || usize::from(l) > self.num_codebooks)
             || self.levels.windows(2).any(|w| w[0] >= w[1])
         {
-            return Err(invalid(format!("levels {:?} must be increasing within 1..={}", self.levels, self.num_codebooks)));
+            return Err(invalid(format!(
+                "levels {:?} must be increasing within 1..={}",
+                self.levels, self.num_codebooks
+            )));
         }
         Ok(())
     }
@@ -176,24 +213,41 @@ impl Manifest {
         let [k, n, d] = self.codebooks.shape;
         let expected = k * n * d * 4;
         if bytes.len() != expected {
-            return Err(invalid(format!("{}: {} bytes, shape needs {expected}", self.codebooks.file, bytes.len())));
+            return Err(invalid(format!(
+                "{}: {} bytes, shape needs {expected}",
+                self.codebooks.file,
+                bytes.len()
+            )));
         }
-        let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         if v.iter().any(|x| !x.is_finite()) {
-            return Err(invalid(format!("{}: non-finite codebook entries", self.codebooks.file)));
+            return Err(invalid(format!(
+                "{}: non-finite codebook entries",
+                self.codebooks.file
+            )));
         }
         Ok(v)
     }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn verify_sha256(file: &str, bytes: &[u8], expected: &str) -> Result<(), ManifestError> {
     let got = sha256_hex(bytes);
     if !got.eq_ignore_ascii_case(expected) {
-        return Err(ManifestError::Checksum { file: file.to_owned(), got, expected: expected.to_owned() });
+        return Err(ManifestError::Checksum {
+            file: file.to_owned(),
+            got,
+            expected: expected.to_owned(),
+        });
     }
     Ok(())
 }
@@ -218,10 +272,30 @@ pub(crate) mod tests {
             latent_dim: d,
             num_codebooks: k,
             codebook_size: n,
-            encoder: GraphSpec { file: "e.onnx".into(), sha256: String::new(), state_size: 10, params: 0, macs_per_frame: 0 },
-            decoder: GraphSpec { file: "d.onnx".into(), sha256: String::new(), state_size: 10, params: 0, macs_per_frame: 0 },
-            codebooks: CodebookSpec { file: "c.bin".into(), sha256: String::new(), dtype: "f32le".into(), shape: [k, n, d] },
-            entropy: EntropySpec { precision_bits: 15, frequencies: vec![f; k] },
+            encoder: GraphSpec {
+                file: "e.onnx".into(),
+                sha256: String::new(),
+                state_size: 10,
+                params: 0,
+                macs_per_frame: 0,
+            },
+            decoder: GraphSpec {
+                file: "d.onnx".into(),
+                sha256: String::new(),
+                state_size: 10,
+                params: 0,
+                macs_per_frame: 0,
+            },
+            codebooks: CodebookSpec {
+                file: "c.bin".into(),
+                sha256: String::new(),
+                dtype: "f32le".into(),
+                shape: [k, n, d],
+            },
+            entropy: EntropySpec {
+                precision_bits: 15,
+                frequencies: vec![f; k],
+            },
             levels: (1..=k as u8).collect(),
             training: serde_json::Value::Null,
         }
@@ -238,26 +312,45 @@ pub(crate) mod tests {
     fn inconsistent_manifests_are_refused() {
         let mut m = sample(4, 16, 8);
         m.codebooks.shape = [4, 16, 9];
-        assert!(m.validate().unwrap_err().to_string().contains("codebooks.shape"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("codebooks.shape")
+        );
         let mut m = sample(4, 16, 8);
         m.entropy.frequencies[2][3] += 1;
-        assert!(m.validate().unwrap_err().to_string().contains("entropy table 2"));
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("entropy table 2")
+        );
         let mut m = sample(4, 16, 8);
         m.levels = vec![1, 5];
         assert!(m.validate().is_err());
         let mut m = sample(4, 16, 8);
         m.frame_samples = 256;
         assert!(m.validate().is_err());
-        assert!(matches!(Manifest::from_json("{"), Err(ManifestError::Json(_))));
+        assert!(matches!(
+            Manifest::from_json("{"),
+            Err(ManifestError::Json(_))
+        ));
     }
 
     #[test]
     fn codebooks_are_checked() {
         let mut m = sample(1, 2, 2);
-        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
         m.codebooks.sha256 = sha256_hex(&bytes);
         assert_eq!(m.parse_codebooks(&bytes).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
-        assert!(matches!(m.parse_codebooks(&bytes[..12]), Err(ManifestError::Checksum { .. })));
+        assert!(matches!(
+            m.parse_codebooks(&bytes[..12]),
+            Err(ManifestError::Checksum { .. })
+        ));
     }
 
     #[test]

@@ -70,20 +70,28 @@ pub struct OpusEncoder {
 
 impl std::fmt::Debug for OpusEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusEncoder").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("OpusEncoder")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
 impl OpusEncoder {
-    pub fn new(variant: OpusVariant, sample_rate: u32, bitrate_bps: u32) -> Result<Self, CodecError> {
+    pub fn new(
+        variant: OpusVariant,
+        sample_rate: u32,
+        bitrate_bps: u32,
+    ) -> Result<Self, CodecError> {
         if !(MIN_BITRATE..=MAX_BITRATE).contains(&bitrate_bps) {
             return Err(CodecError::InvalidConfig(format!(
                 "Opus bitrate {bitrate_bps} bps not in {MIN_BITRATE}..={MAX_BITRATE}"
             )));
         }
         let mut enc =
-            opusic_c::Encoder::new(Channels::Mono, opus_rate(sample_rate)?, Application::Voip).map_err(opus_err)?;
-        enc.set_bitrate(Bitrate::Value(bitrate_bps)).map_err(opus_err)?;
+            opusic_c::Encoder::new(Channels::Mono, opus_rate(sample_rate)?, Application::Voip)
+                .map_err(opus_err)?;
+        enc.set_bitrate(Bitrate::Value(bitrate_bps))
+            .map_err(opus_err)?;
         enc.set_complexity(10).map_err(opus_err)?;
         if variant == OpusVariant::Osce && sample_rate >= 16_000 {
             enc.set_bandwidth(Bandwidth::Wide).map_err(opus_err)?;
@@ -129,14 +137,18 @@ pub struct OpusDecoder {
 
 impl std::fmt::Debug for OpusDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpusDecoder").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("OpusDecoder")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
 impl OpusDecoder {
     pub fn new(variant: OpusVariant, info: &CodecInfo) -> Result<Self, CodecError> {
-        let mut dec = opusic_c::Decoder::new(Channels::Mono, opus_rate(info.sample_rate)?).map_err(opus_err)?;
-        dec.set_complexity(variant.decoder_complexity()).map_err(opus_err)?;
+        let mut dec = opusic_c::Decoder::new(Channels::Mono, opus_rate(info.sample_rate)?)
+            .map_err(opus_err)?;
+        dec.set_complexity(variant.decoder_complexity())
+            .map_err(opus_err)?;
         let mut info = info.clone();
         info.codec = variant.name().to_owned();
         info.frame_samples = crate::frame::frame_samples_20ms(info.sample_rate);
@@ -149,17 +161,25 @@ impl Decoder for OpusDecoder {
         &self.info
     }
 
-    fn decode_frame(&mut self, packet: Option<&[u8]>, out: &mut Vec<f32>) -> Result<(), CodecError> {
+    fn decode_frame(
+        &mut self,
+        packet: Option<&[u8]>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
         let n = self.info.frame_samples;
         let start = out.len();
         out.resize(start + n, 0.0);
         // An empty input is libopus' packet-loss concealment.
-        let got = self.dec.decode_float_to_slice(packet.unwrap_or(&[]), &mut out[start..], false);
+        let got = self
+            .dec
+            .decode_float_to_slice(packet.unwrap_or(&[]), &mut out[start..], false);
         match got {
             Ok(k) if k == n => Ok(()),
             Ok(k) => {
                 out.truncate(start);
-                Err(CodecError::Opus(format!("packet holds {k} samples, expected one 20 ms frame ({n})")))
+                Err(CodecError::Opus(format!(
+                    "packet holds {k} samples, expected one 20 ms frame ({n})"
+                )))
             }
             Err(e) => {
                 out.truncate(start);
@@ -185,10 +205,14 @@ impl CodecFactory for OpusFactory {
     }
     fn new_encoder(&self, point: OperatingPoint) -> Result<Box<dyn Encoder>, CodecError> {
         match point {
-            OperatingPoint::BitrateBps(b) => Ok(Box::new(OpusEncoder::new(self.variant, self.sample_rate, b)?)),
-            OperatingPoint::Level(_) => {
-                Err(CodecError::InvalidConfig("Opus takes a bitrate (e.g. --bitrate 12), not a level".into()))
-            }
+            OperatingPoint::BitrateBps(b) => Ok(Box::new(OpusEncoder::new(
+                self.variant,
+                self.sample_rate,
+                b,
+            )?)),
+            OperatingPoint::Level(_) => Err(CodecError::InvalidConfig(
+                "Opus takes a bitrate (e.g. --bitrate 12), not a level".into(),
+            )),
         }
     }
     fn new_decoder(&self, info: &CodecInfo) -> Result<Box<dyn Decoder>, CodecError> {
@@ -201,16 +225,28 @@ pub const BENCH_LADDER_KBPS: [u32; 5] = [6, 8, 12, 16, 24];
 
 pub fn register(r: &mut CodecRegistry) {
     for (variant, summary) in [
-        (OpusVariant::Plain, "libopus 1.6, VoIP, auto bandwidth, plain decoder"),
-        (OpusVariant::Osce, "libopus 1.6, wideband, decoder with OSCE neural enhancement (LACE/NoLACE)"),
+        (
+            OpusVariant::Plain,
+            "libopus 1.6, VoIP, auto bandwidth, plain decoder",
+        ),
+        (
+            OpusVariant::Osce,
+            "libopus 1.6, wideband, decoder with OSCE neural enhancement (LACE/NoLACE)",
+        ),
     ] {
         r.register(CodecDescriptor {
             name: variant.name().to_owned(),
             summary: summary.to_owned(),
             sample_rate: 16_000,
-            ladder: BENCH_LADDER_KBPS.iter().map(|k| OperatingPoint::BitrateBps(k * 1000)).collect(),
+            ladder: BENCH_LADDER_KBPS
+                .iter()
+                .map(|k| OperatingPoint::BitrateBps(k * 1000))
+                .collect(),
             default_point: OperatingPoint::BitrateBps(16_000),
-            factory: Arc::new(OpusFactory { variant, sample_rate: 16_000 }),
+            factory: Arc::new(OpusFactory {
+                variant,
+                sample_rate: 16_000,
+            }),
         });
     }
 }
@@ -220,14 +256,18 @@ mod tests {
     use super::*;
 
     fn tone(n: usize) -> Vec<f32> {
-        (0..n).map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 16_000.0).sin()).collect()
+        (0..n)
+            .map(|i| 0.3 * (i as f32 * 2.0 * std::f32::consts::PI * 440.0 / 16_000.0).sin())
+            .collect()
     }
 
     #[test]
     fn roundtrip_reproduces_a_tone_and_respects_bitrate() {
         let r = CodecRegistry::with_builtin();
         for name in ["opus", "opus-osce"] {
-            let mut enc = r.new_encoder(name, Some(OperatingPoint::BitrateBps(12_000))).unwrap();
+            let mut enc = r
+                .new_encoder(name, Some(OperatingPoint::BitrateBps(12_000)))
+                .unwrap();
             let mut dec = r.new_decoder(enc.info()).unwrap();
             let x = tone(320 * 100);
             let (mut pkt, mut y, mut bytes) = (Vec::new(), Vec::new(), 0usize);
@@ -260,7 +300,11 @@ mod tests {
         assert_eq!(y.len(), 320);
         // A TOC byte announcing a 60 ms frame: not one 20 ms frame.
         assert!(dec.decode_frame(Some(&[0xFF, 0xFF, 0xFF]), &mut y).is_err());
-        assert_eq!(y.len(), 320, "a failed decode must not leave samples behind");
+        assert_eq!(
+            y.len(),
+            320,
+            "a failed decode must not leave samples behind"
+        );
     }
 
     #[test]
@@ -268,7 +312,13 @@ mod tests {
         assert!(OpusEncoder::new(OpusVariant::Plain, 16_000, 1000).is_err());
         assert!(OpusEncoder::new(OpusVariant::Plain, 44_100, 16_000).is_err());
         let r = CodecRegistry::with_builtin();
-        assert!(r.new_encoder("opus", Some(OperatingPoint::Level(3))).is_err());
-        assert!(matches!(r.new_encoder("nope", None), Err(CodecError::UnknownCodec { .. })));
+        assert!(
+            r.new_encoder("opus", Some(OperatingPoint::Level(3)))
+                .is_err()
+        );
+        assert!(matches!(
+            r.new_encoder("nope", None),
+            Err(CodecError::UnknownCodec { .. })
+        ));
     }
 }

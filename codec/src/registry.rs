@@ -67,19 +67,36 @@ impl CodecRegistry {
     }
 
     pub fn get(&self, name: &str) -> Result<&CodecDescriptor, CodecError> {
-        self.codecs.iter().find(|c| c.name == name).ok_or_else(|| CodecError::UnknownCodec {
-            name: name.to_owned(),
-            registered: self.codecs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
-        })
+        self.codecs
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| CodecError::UnknownCodec {
+                name: name.to_owned(),
+                registered: self
+                    .codecs
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     fn available(&self, name: &str) -> Result<&CodecDescriptor, CodecError> {
         let d = self.get(name)?;
-        d.factory.availability().map_err(|reason| CodecError::Unavailable { name: name.to_owned(), reason })?;
+        d.factory
+            .availability()
+            .map_err(|reason| CodecError::Unavailable {
+                name: name.to_owned(),
+                reason,
+            })?;
         Ok(d)
     }
 
-    pub fn new_encoder(&self, name: &str, point: Option<OperatingPoint>) -> Result<Box<dyn Encoder>, CodecError> {
+    pub fn new_encoder(
+        &self,
+        name: &str,
+        point: Option<OperatingPoint>,
+    ) -> Result<Box<dyn Encoder>, CodecError> {
         let d = self.available(name)?;
         d.factory.new_encoder(point.unwrap_or(d.default_point))
     }

@@ -19,15 +19,29 @@ pub struct Codebooks {
 }
 
 impl Codebooks {
-    pub fn new(num_codebooks: usize, size: usize, dim: usize, data: Vec<f32>) -> Result<Self, KernelError> {
+    pub fn new(
+        num_codebooks: usize,
+        size: usize,
+        dim: usize,
+        data: Vec<f32>,
+    ) -> Result<Self, KernelError> {
         if num_codebooks == 0 || size == 0 || dim == 0 || data.len() != num_codebooks * size * dim {
             return Err(KernelError::Shape(format!(
                 "{} values for [{num_codebooks}, {size}, {dim}]",
                 data.len()
             )));
         }
-        let norms = data.chunks_exact(dim).map(|c| c.iter().map(|x| x * x).sum()).collect();
-        Ok(Self { num_codebooks, size, dim, data, norms })
+        let norms = data
+            .chunks_exact(dim)
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
+        Ok(Self {
+            num_codebooks,
+            size,
+            dim,
+            data,
+            norms,
+        })
     }
 
     pub fn num_codebooks(&self) -> usize {
@@ -47,8 +61,16 @@ impl Codebooks {
 
     /// Quantises one latent vector with the first `indices.len()` codebooks. `residual` is
     /// scratch of `dim` floats (kept by the caller so the hot path never allocates).
-    pub fn encode(&self, latent: &[f32], indices: &mut [u16], residual: &mut [f32]) -> Result<(), KernelError> {
-        if latent.len() != self.dim || residual.len() != self.dim || indices.len() > self.num_codebooks {
+    pub fn encode(
+        &self,
+        latent: &[f32],
+        indices: &mut [u16],
+        residual: &mut [f32],
+    ) -> Result<(), KernelError> {
+        if latent.len() != self.dim
+            || residual.len() != self.dim
+            || indices.len() > self.num_codebooks
+        {
             return Err(KernelError::Shape(format!(
                 "latent {} / residual {} (dim {}), {} stages (have {})",
                 latent.len(),
@@ -63,7 +85,12 @@ impl Codebooks {
             let norms = &self.norms[book * self.size..(book + 1) * self.size];
             let mut best = (f32::INFINITY, 0usize);
             for (j, &n) in norms.iter().enumerate() {
-                let dot: f32 = self.codeword(book, j).iter().zip(residual.iter()).map(|(c, r)| c * r).sum();
+                let dot: f32 = self
+                    .codeword(book, j)
+                    .iter()
+                    .zip(residual.iter())
+                    .map(|(c, r)| c * r)
+                    .sum();
                 let d = n - 2.0 * dot;
                 if d < best.0 {
                     best = (d, j);
@@ -80,13 +107,21 @@ impl Codebooks {
     /// Writes the sum of the chosen codewords (the quantised latent) into `out`.
     pub fn decode(&self, indices: &[u16], out: &mut [f32]) -> Result<(), KernelError> {
         if out.len() != self.dim || indices.len() > self.num_codebooks {
-            return Err(KernelError::Shape(format!("out {} (dim {}), {} stages", out.len(), self.dim, indices.len())));
+            return Err(KernelError::Shape(format!(
+                "out {} (dim {}), {} stages",
+                out.len(),
+                self.dim,
+                indices.len()
+            )));
         }
         out.fill(0.0);
         for (book, &ix) in indices.iter().enumerate() {
             let j = usize::from(ix);
             if j >= self.size {
-                return Err(KernelError::Index { index: j, size: self.size });
+                return Err(KernelError::Index {
+                    index: j,
+                    size: self.size,
+                });
             }
             for (o, c) in out.iter_mut().zip(self.codeword(book, j)) {
                 *o += c;
@@ -121,12 +156,12 @@ mod tests {
         let mut z = vec![0.0; 8];
         b.decode(&ix[..1], &mut z).unwrap();
         let mut got = [0u16; 1];
-        b.encode(&z, &mut got, &mut vec![0.0; 8]).unwrap();
+        b.encode(&z, &mut got, &mut [0.0; 8]).unwrap();
         assert_eq!(got, [5]);
         b.decode(&ix, &mut z).unwrap();
         let mut q = vec![0.0; 8];
         let mut got = [0u16; 3];
-        b.encode(&z, &mut got, &mut vec![0.0; 8]).unwrap();
+        b.encode(&z, &mut got, &mut [0.0; 8]).unwrap();
         b.decode(&got, &mut q).unwrap();
         let err: f32 = z.iter().zip(&q).map(|(a, b)| (a - b).powi(2)).sum();
         let norm: f32 = z.iter().map(|a| a * a).sum();
@@ -148,7 +183,7 @@ mod tests {
         fn first_stage_is_nearest(seed in any::<u64>(), z in proptest::collection::vec(-2.0f32..2.0, 6)) {
             let b = books(seed, 1, 32, 6);
             let mut got = [0u16; 1];
-            b.encode(&z, &mut got, &mut vec![0.0; 6]).unwrap();
+            b.encode(&z, &mut got, &mut [0.0; 6]).unwrap();
             let dist = |j: usize| -> f32 { b.codeword(0, j).iter().zip(&z).map(|(c, x)| (c - x).powi(2)).sum() };
             let best = (0..32).map(dist).fold(f32::INFINITY, f32::min);
             prop_assert!(dist(usize::from(got[0])) <= best + 1e-4);

@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use aic_codec::CodecError;
 use aic_codec::codec::{CodecInfo, Decoder, Encoder, OperatingPoint};
 use aic_codec::registry::{CodecDescriptor, CodecFactory, CodecRegistry};
-use aic_codec::CodecError;
 
 use crate::model::{AicModel, Graph, read_manifest};
 
@@ -53,7 +53,10 @@ impl AicEncoder {
     pub fn new(model: Arc<AicModel>, level: u8) -> Result<Self, CodecError> {
         let k = model.manifest.num_codebooks;
         if level == 0 || usize::from(level) > k {
-            return Err(CodecError::InvalidConfig(format!("AIC level {level} not in 1..={k} for {}", model.manifest.model_id)));
+            return Err(CodecError::InvalidConfig(format!(
+                "AIC level {level} not in 1..={k} for {}",
+                model.manifest.model_id
+            )));
         }
         let d = model.manifest.latent_dim;
         Ok(Self {
@@ -81,14 +84,25 @@ impl Encoder for AicEncoder {
 
     fn encode_frame(&mut self, pcm: &[f32], out: &mut Vec<u8>) -> Result<(), CodecError> {
         if pcm.len() != self.info.frame_samples {
-            return Err(CodecError::FrameSize { codec: CODEC_NAME.into(), expected: self.info.frame_samples, got: pcm.len() });
+            return Err(CodecError::FrameSize {
+                codec: CODEC_NAME.into(),
+                expected: self.info.frame_samples,
+                got: pcm.len(),
+            });
         }
-        self.model.step(Graph::Encoder, 1, pcm, &mut self.state, &mut self.latent)?;
+        self.model
+            .step(Graph::Encoder, 1, pcm, &mut self.state, &mut self.latent)?;
         self.model
             .codebooks
-            .encode(&self.latent, &mut self.indices[..self.level], &mut self.residual)
+            .encode(
+                &self.latent,
+                &mut self.indices[..self.level],
+                &mut self.residual,
+            )
             .map_err(|e| CodecError::Backend(e.to_string()))?;
-        self.model.entropy.write_frame(self.counter, &self.indices, out)?;
+        self.model
+            .entropy
+            .write_frame(self.counter, &self.indices, out)?;
         self.counter = self.counter.wrapping_add(1) & 3;
         Ok(())
     }
@@ -131,12 +145,19 @@ impl Decoder for AicDecoder {
         &self.info
     }
 
-    fn decode_frame(&mut self, packet: Option<&[u8]>, out: &mut Vec<f32>) -> Result<(), CodecError> {
+    fn decode_frame(
+        &mut self,
+        packet: Option<&[u8]>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
         match packet {
             Some(bytes) => {
                 // Parse fully before touching any state: a corrupt frame changes nothing.
                 self.model.entropy.read_frame(bytes, &mut self.indices)?;
-                self.model.codebooks.decode(&self.indices, &mut self.latent).map_err(|e| CodecError::Backend(e.to_string()))?;
+                self.model
+                    .codebooks
+                    .decode(&self.indices, &mut self.latent)
+                    .map_err(|e| CodecError::Backend(e.to_string()))?;
                 self.lost_run = 0;
             }
             None => {
@@ -144,7 +165,13 @@ impl Decoder for AicDecoder {
                 self.latent.iter_mut().for_each(|x| *x *= PLC_FADE);
             }
         }
-        self.model.step(Graph::Decoder, 1, &self.latent, &mut self.state, &mut self.pcm)?;
+        self.model.step(
+            Graph::Decoder,
+            1,
+            &self.latent,
+            &mut self.state,
+            &mut self.pcm,
+        )?;
         out.extend_from_slice(&self.pcm);
         Ok(())
     }
@@ -166,14 +193,24 @@ pub struct AicFactory {
 
 impl AicFactory {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, model: OnceLock::new() }
+        Self {
+            dir,
+            model: OnceLock::new(),
+        }
     }
 
     pub fn model(&self) -> Result<Arc<AicModel>, CodecError> {
         self.model
-            .get_or_init(|| AicModel::load(&self.dir, 1).map(Arc::new).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                AicModel::load(&self.dir, 1)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
             .clone()
-            .map_err(|reason| CodecError::Unavailable { name: CODEC_NAME.into(), reason })
+            .map_err(|reason| CodecError::Unavailable {
+                name: CODEC_NAME.into(),
+                reason,
+            })
     }
 }
 
@@ -187,19 +224,27 @@ impl CodecFactory for AicFactory {
     fn new_encoder(&self, point: OperatingPoint) -> Result<Box<dyn Encoder>, CodecError> {
         match point {
             OperatingPoint::Level(l) => Ok(Box::new(AicEncoder::new(self.model()?, l)?)),
-            OperatingPoint::BitrateBps(_) => {
-                Err(CodecError::InvalidConfig("AIC takes a level (e.g. --level 4), not a bitrate".into()))
-            }
+            OperatingPoint::BitrateBps(_) => Err(CodecError::InvalidConfig(
+                "AIC takes a level (e.g. --level 4), not a bitrate".into(),
+            )),
         }
     }
 
     fn new_decoder(&self, info: &CodecInfo) -> Result<Box<dyn Decoder>, CodecError> {
         let model = self.model()?;
         let m = &model.manifest;
-        if info.model_id != m.model_id || info.sample_rate != m.sample_rate || info.frame_samples != m.frame_samples {
+        if info.model_id != m.model_id
+            || info.sample_rate != m.sample_rate
+            || info.frame_samples != m.frame_samples
+        {
             return Err(CodecError::InvalidConfig(format!(
                 "stream was encoded with model {:?} at {} Hz / {} samples; loaded model is {:?} at {} Hz / {}",
-                info.model_id, info.sample_rate, info.frame_samples, m.model_id, m.sample_rate, m.frame_samples
+                info.model_id,
+                info.sample_rate,
+                info.frame_samples,
+                m.model_id,
+                m.sample_rate,
+                m.frame_samples
             )));
         }
         let level = match info.point {
@@ -217,11 +262,23 @@ pub fn register_aic(reg: &mut CodecRegistry, dir: Option<&Path>) {
     let (ladder, summary) = match read_manifest(&dir) {
         Ok(m) => (
             m.levels.iter().map(|&l| OperatingPoint::Level(l)).collect(),
-            format!("AIC neural speech codec, model {} {} ({} codebooks)", m.model_id, m.model_version, m.num_codebooks),
+            format!(
+                "AIC neural speech codec, model {} {} ({} codebooks)",
+                m.model_id, m.model_version, m.num_codebooks
+            ),
         ),
-        Err(_) => (vec![OperatingPoint::Level(1)], format!("AIC neural speech codec (model expected in {})", dir.display())),
+        Err(_) => (
+            vec![OperatingPoint::Level(1)],
+            format!(
+                "AIC neural speech codec (model expected in {})",
+                dir.display()
+            ),
+        ),
     };
-    let default_point = ladder.get(ladder.len() / 2).copied().unwrap_or(OperatingPoint::Level(1));
+    let default_point = ladder
+        .get(ladder.len() / 2)
+        .copied()
+        .unwrap_or(OperatingPoint::Level(1));
     reg.register(CodecDescriptor {
         name: CODEC_NAME.to_owned(),
         summary,

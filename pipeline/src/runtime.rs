@@ -25,11 +25,17 @@ pub fn dylib_path() -> Option<PathBuf> {
     let entries = std::fs::read_dir(&venv_lib).ok()?;
     for py in entries.flatten() {
         let capi = py.path().join("site-packages/onnxruntime/capi");
-        let Ok(files) = std::fs::read_dir(&capi) else { continue };
+        let Ok(files) = std::fs::read_dir(&capi) else {
+            continue;
+        };
         let mut libs: Vec<PathBuf> = files
             .flatten()
             .map(|f| f.path())
-            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libonnxruntime.so")))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libonnxruntime.so"))
+            })
             .collect();
         libs.sort();
         if let Some(l) = libs.pop() {
@@ -46,7 +52,10 @@ pub fn environment() -> Result<&'static ort::environment::Environment, PipelineE
             "libonnxruntime.so not found: run scripts/setup.sh or set ORT_DYLIB_PATH".to_owned()
         })?;
         if !path.exists() {
-            return Err(format!("{} does not exist (ORT_DYLIB_PATH)", path.display()));
+            return Err(format!(
+                "{} does not exist (ORT_DYLIB_PATH)",
+                path.display()
+            ));
         }
         ort::init_from(&path)
             .map_err(|e| format!("cannot load {}: {e}", path.display()))?
@@ -62,7 +71,10 @@ pub fn environment() -> Result<&'static ort::environment::Environment, PipelineE
 /// stream: parallelism comes from batching and from running streams side by side).
 pub fn open_session(path: &Path, threads: usize) -> Result<Session, PipelineError> {
     let env = environment()?;
-    let fail = |e: &dyn std::fmt::Display| PipelineError::Model { dir: path.display().to_string(), why: e.to_string() };
+    let fail = |e: &dyn std::fmt::Display| PipelineError::Model {
+        dir: path.display().to_string(),
+        why: e.to_string(),
+    };
     Session::builder(env)
         .map_err(|e| fail(&e))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
@@ -76,20 +88,32 @@ pub fn open_session(path: &Path, threads: usize) -> Result<Session, PipelineErro
 /// Checks that `session` has a float32 input/output named `name` of shape `[batch, width]`
 /// (batch dynamic, width fixed as the manifest says).
 pub fn check_io(session: &Session, input: bool, name: &str, width: usize) -> Result<(), String> {
-    let outlets = if input { session.inputs() } else { session.outputs() };
+    let outlets = if input {
+        session.inputs()
+    } else {
+        session.outputs()
+    };
     let kind = if input { "input" } else { "output" };
     let o = outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
         let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
         format!("graph has no {kind} {name:?} (has {names:?})")
     })?;
     match o.dtype() {
-        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => {
             let dims: Vec<i64> = shape.iter().copied().collect();
             if dims.len() != 2 || dims[0] > 1 || (dims[1] >= 0 && dims[1] as usize != width) {
-                return Err(format!("{kind} {name:?} has shape {dims:?}, manifest says [batch, {width}]"));
+                return Err(format!(
+                    "{kind} {name:?} has shape {dims:?}, manifest says [batch, {width}]"
+                ));
             }
             Ok(())
         }
-        other => Err(format!("{kind} {name:?} is {other:?}, expected a float32 tensor")),
+        other => Err(format!(
+            "{kind} {name:?} is {other:?}, expected a float32 tensor"
+        )),
     }
 }

@@ -11,13 +11,18 @@ use aic_pipeline::aic::{AicDecoder, AicEncoder, default_model_dir};
 use aic_pipeline::model::AicModel;
 
 fn model() -> Arc<AicModel> {
-    Arc::new(AicModel::load(&default_model_dir(), 1).expect("the shipped model loads (run scripts/setup.sh first)"))
+    Arc::new(
+        AicModel::load(&default_model_dir(), 1)
+            .expect("the shipped model loads (run scripts/setup.sh first)"),
+    )
 }
 
 fn speech() -> Vec<f32> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech/en_espeak.wav");
     let mut r = hound::WavReader::open(p).unwrap();
-    r.samples::<i16>().map(|s| f32::from(s.unwrap()) / 32768.0).collect()
+    r.samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect()
 }
 
 fn run(model: &Arc<AicModel>, level: u8, x: &[f32]) -> (Vec<Vec<u8>>, Vec<f32>) {
@@ -42,7 +47,10 @@ fn ladder_rates_and_quality_order() {
     for &level in &m.manifest.levels {
         let (packets, y) = run(&m, level, &x);
         let kbps = packets.iter().map(Vec::len).sum::<usize>() as f64 * 8.0 / secs / 1000.0;
-        assert!(kbps > last_kbps, "level {level}: {kbps} kbps not above {last_kbps}");
+        assert!(
+            kbps > last_kbps,
+            "level {level}: {kbps} kbps not above {last_kbps}"
+        );
         last_kbps = kbps;
         if level == 1 {
             assert!(kbps <= 1.6, "lowest level must stay ≤ 1.6 kbps, got {kbps}");
@@ -52,7 +60,10 @@ fn ladder_rates_and_quality_order() {
         let n = y.len() - d;
         mel.push(aic_codec::metrics::log_mel_distance(&x[..n], &y[d..], 16_000).unwrap());
     }
-    assert!(mel.last().unwrap() < mel.first().unwrap(), "all codebooks must beat one: {mel:?}");
+    assert!(
+        mel.last().unwrap() < mel.first().unwrap(),
+        "all codebooks must beat one: {mel:?}"
+    );
 }
 
 #[test]
@@ -79,7 +90,10 @@ fn frames_decode_at_any_lower_level_and_reject_foreign_models() {
     forged[1] ^= 0x5A;
     let before = y.len();
     let e = dec.decode_frame(Some(&forged), &mut y).unwrap_err();
-    assert!(matches!(e, CodecError::Bitstream(BitstreamError::Integrity { .. })), "{e}");
+    assert!(
+        matches!(e, CodecError::Bitstream(BitstreamError::Integrity { .. })),
+        "{e}"
+    );
     assert_eq!(y.len(), before);
     // Loss is concealed with exactly one frame of audio each.
     dec.decode_frame(None, &mut y).unwrap();
@@ -135,7 +149,8 @@ fn damaged_models_fail_at_load_with_a_reason() {
     let mpath = d.join("manifest.json");
     let text = std::fs::read_to_string(&mpath).unwrap();
     let mut j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    j["encoder"]["state_size"] = serde_json::json!(j["encoder"]["state_size"].as_u64().unwrap() + 1);
+    j["encoder"]["state_size"] =
+        serde_json::json!(j["encoder"]["state_size"].as_u64().unwrap() + 1);
     std::fs::write(&mpath, j.to_string()).unwrap();
     let e = AicModel::load(&d, 1).unwrap_err().to_string();
     assert!(e.contains("state"), "{e}");
@@ -145,6 +160,13 @@ fn damaged_models_fail_at_load_with_a_reason() {
     // The registry reports the missing model instead of failing later.
     let mut reg = CodecRegistry::with_builtin();
     aic_pipeline::register_aic(&mut reg, Some(&dir.path().join("nowhere")));
-    let e = reg.new_encoder("aic", Some(OperatingPoint::Level(1))).err().unwrap().to_string();
-    assert!(e.contains("not available") && e.contains("manifest.json"), "{e}");
+    let e = reg
+        .new_encoder("aic", Some(OperatingPoint::Level(1)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("not available") && e.contains("manifest.json"),
+        "{e}"
+    );
 }

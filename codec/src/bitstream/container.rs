@@ -53,15 +53,31 @@ pub struct Header {
 }
 
 fn field(field: &'static str, why: impl Into<String>) -> ContainerError {
-    ContainerError::Field { field, why: why.into() }
+    ContainerError::Field {
+        field,
+        why: why.into(),
+    }
 }
 
 fn check_name(field_name: &'static str, s: &str, allow_empty: bool) -> Result<(), ContainerError> {
     if s.len() > MAX_NAME_BYTES || (!allow_empty && s.is_empty()) {
-        return Err(field(field_name, format!("length {} not in {}..={MAX_NAME_BYTES}", s.len(), u8::from(!allow_empty))));
+        return Err(field(
+            field_name,
+            format!(
+                "length {} not in {}..={MAX_NAME_BYTES}",
+                s.len(),
+                u8::from(!allow_empty)
+            ),
+        ));
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b)) {
-        return Err(field(field_name, "only ASCII letters, digits and -_.+ are allowed"));
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+    {
+        return Err(field(
+            field_name,
+            "only ASCII letters, digits and -_.+ are allowed",
+        ));
     }
     Ok(())
 }
@@ -72,16 +88,28 @@ impl Header {
         check_name("codec", &i.codec, false)?;
         check_name("model_id", &i.model_id, true)?;
         if !(8000..=48_000).contains(&i.sample_rate) {
-            return Err(field("sample_rate", format!("{} Hz not in 8000..=48000", i.sample_rate)));
+            return Err(field(
+                "sample_rate",
+                format!("{} Hz not in 8000..=48000", i.sample_rate),
+            ));
         }
         if i.frame_samples == 0 || i.frame_samples as u32 * 50 != i.sample_rate {
-            return Err(field("frame_samples", format!("{} is not 20 ms at {} Hz", i.frame_samples, i.sample_rate)));
+            return Err(field(
+                "frame_samples",
+                format!("{} is not 20 ms at {} Hz", i.frame_samples, i.sample_rate),
+            ));
         }
         if i.delay_samples as u32 > MAX_DELAY_SAMPLES {
-            return Err(field("delay_samples", format!("{} > {MAX_DELAY_SAMPLES}", i.delay_samples)));
+            return Err(field(
+                "delay_samples",
+                format!("{} > {MAX_DELAY_SAMPLES}", i.delay_samples),
+            ));
         }
         if self.total_samples > MAX_TOTAL_SAMPLES {
-            return Err(field("total_samples", format!("{} > 2^40", self.total_samples)));
+            return Err(field(
+                "total_samples",
+                format!("{} > 2^40", self.total_samples),
+            ));
         }
         Ok(())
     }
@@ -115,7 +143,11 @@ impl Header {
     /// Parses the header; returns it and the number of bytes it took.
     pub fn read(bytes: &[u8]) -> Result<(Self, usize), ContainerError> {
         if bytes.len() < 4 {
-            return Err(if MAGIC.starts_with(bytes) { ContainerError::TruncatedHeader } else { ContainerError::Magic });
+            return Err(if MAGIC.starts_with(bytes) {
+                ContainerError::TruncatedHeader
+            } else {
+                ContainerError::Magic
+            });
         }
         if &bytes[..4] != MAGIC {
             return Err(ContainerError::Magic);
@@ -137,7 +169,10 @@ impl Header {
         if CRC32.checksum(&bytes[..body_end]) != stored {
             return Err(ContainerError::HeaderChecksum);
         }
-        let mut r = Reader { b: &bytes[..body_end], pos: 7 };
+        let mut r = Reader {
+            b: &bytes[..body_end],
+            pos: 7,
+        };
         let codec = r.string("codec")?;
         let model_id = r.string("model_id")?;
         let sample_rate = r.u32()?;
@@ -149,10 +184,20 @@ impl Header {
         let delay_samples = r.u32()? as usize;
         let total_samples = r.u64()?;
         if r.pos != body_end {
-            return Err(field("header_len", format!("{} unparsed bytes", body_end - r.pos)));
+            return Err(field(
+                "header_len",
+                format!("{} unparsed bytes", body_end - r.pos),
+            ));
         }
         let h = Header {
-            info: CodecInfo { codec, model_id, sample_rate, frame_samples, delay_samples, point },
+            info: CodecInfo {
+                codec,
+                model_id,
+                sample_rate,
+                frame_samples,
+                delay_samples,
+                point,
+            },
             total_samples,
         };
         h.validate()?;
@@ -167,7 +212,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], ContainerError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or(ContainerError::TruncatedHeader)?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or(ContainerError::TruncatedHeader)?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -176,17 +225,25 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16, ContainerError> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
     }
     fn u32(&mut self) -> Result<u32, ContainerError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, ContainerError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self, name: &'static str) -> Result<String, ContainerError> {
         let n = usize::from(self.u8()?);
-        let s = std::str::from_utf8(self.take(n)?).map_err(|_| field(name, "not UTF-8"))?.to_owned();
+        let s = std::str::from_utf8(self.take(n)?)
+            .map_err(|_| field(name, "not UTF-8"))?
+            .to_owned();
         check_name(name, &s, name != "codec")?;
         Ok(s)
     }
@@ -196,10 +253,16 @@ impl Reader<'_> {
 pub fn write_packet(packet: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), ContainerError> {
     let p = packet.unwrap_or(&[]);
     if p.len() > MAX_PACKET_BYTES {
-        return Err(ContainerError::PacketTooLong { index: 0, len: p.len() });
+        return Err(ContainerError::PacketTooLong {
+            index: 0,
+            len: p.len(),
+        });
     }
     if packet.is_some() && p.is_empty() {
-        return Err(field("packet", "an empty packet cannot be stored (length 0 means lost)"));
+        return Err(field(
+            "packet",
+            "an empty packet cannot be stored (length 0 means lost)",
+        ));
     }
     out.extend_from_slice(&(p.len() as u16).to_le_bytes());
     out.extend_from_slice(p);
@@ -218,7 +281,12 @@ pub struct Packets<'a> {
 
 impl<'a> Packets<'a> {
     pub fn new(after_header: &'a [u8]) -> Self {
-        Self { b: after_header, pos: 0, index: 0, failed: false }
+        Self {
+            b: after_header,
+            pos: 0,
+            index: 0,
+            failed: false,
+        }
     }
 }
 

@@ -36,7 +36,10 @@ impl FrameHeader {
             return Err(BitstreamError::Empty);
         }
         if bytes.len() > MAX_FRAME_BYTES {
-            return Err(BitstreamError::TooLong { len: bytes.len(), max: MAX_FRAME_BYTES });
+            return Err(BitstreamError::TooLong {
+                len: bytes.len(),
+                max: MAX_FRAME_BYTES,
+            });
         }
         let version = b0 >> 6;
         if version != VERSION {
@@ -44,9 +47,16 @@ impl FrameHeader {
         }
         let level = (b0 >> 2) & 0x0F;
         if level == 0 {
-            return Err(BitstreamError::Level { level, max: MAX_LEVEL });
+            return Err(BitstreamError::Level {
+                level,
+                max: MAX_LEVEL,
+            });
         }
-        Ok(Self { version, level, counter: b0 & 0x03 })
+        Ok(Self {
+            version,
+            level,
+            counter: b0 & 0x03,
+        })
     }
 
     fn byte0(level: u8, counter: u8) -> u8 {
@@ -90,10 +100,18 @@ impl EntropyModel {
     }
 
     /// Writes one frame carrying `indices` (its length is the level) into `out` (cleared).
-    pub fn write_frame(&self, counter: u8, indices: &[u16], out: &mut Vec<u8>) -> Result<(), BitstreamError> {
+    pub fn write_frame(
+        &self,
+        counter: u8,
+        indices: &[u16],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BitstreamError> {
         let level = indices.len();
         if level == 0 || level > self.tables.len() {
-            return Err(BitstreamError::Level { level: level.min(255) as u8, max: self.num_codebooks() });
+            return Err(BitstreamError::Level {
+                level: level.min(255) as u8,
+                max: self.num_codebooks(),
+            });
         }
         out.clear();
         let b0 = FrameHeader::byte0(level as u8, counter);
@@ -115,14 +133,24 @@ impl EntropyModel {
     }
 
     /// Parses and checks one frame, writing its indices into `indices` (cleared).
-    pub fn read_frame(&self, bytes: &[u8], indices: &mut Vec<u16>) -> Result<FrameHeader, BitstreamError> {
+    pub fn read_frame(
+        &self,
+        bytes: &[u8],
+        indices: &mut Vec<u16>,
+    ) -> Result<FrameHeader, BitstreamError> {
         let h = FrameHeader::peek(bytes)?;
         if h.level > self.num_codebooks() {
-            return Err(BitstreamError::Level { level: h.level, max: self.num_codebooks() });
+            return Err(BitstreamError::Level {
+                level: h.level,
+                max: self.num_codebooks(),
+            });
         }
         let expected = self.crc(bytes[0], &bytes[2..]);
         if bytes[1] != expected {
-            return Err(BitstreamError::Integrity { got: bytes[1], expected });
+            return Err(BitstreamError::Integrity {
+                got: bytes[1],
+                expected,
+            });
         }
         indices.clear();
         let mut dec = RangeDecoder::new(&bytes[2..]);
@@ -134,7 +162,12 @@ impl EntropyModel {
 
     /// Re-codes a frame at a lower level (what a router does to fit a receiver's bandwidth):
     /// no model inference, just entropy decode and re-encode of the first `level` indices.
-    pub fn truncate_frame(&self, bytes: &[u8], level: u8, out: &mut Vec<u8>) -> Result<(), BitstreamError> {
+    pub fn truncate_frame(
+        &self,
+        bytes: &[u8],
+        level: u8,
+        out: &mut Vec<u8>,
+    ) -> Result<(), BitstreamError> {
         let mut ix = Vec::with_capacity(usize::from(MAX_LEVEL));
         let h = self.read_frame(bytes, &mut ix)?;
         let keep = usize::from(level.min(h.level));
@@ -148,7 +181,11 @@ mod tests {
     use proptest::prelude::*;
 
     fn model(n: usize) -> EntropyModel {
-        EntropyModel::new((0..n).map(|_| FreqTable::uniform(1024).unwrap()).collect(), *b"test").unwrap()
+        EntropyModel::new(
+            (0..n).map(|_| FreqTable::uniform(1024).unwrap()).collect(),
+            *b"test",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -167,10 +204,17 @@ mod tests {
     #[test]
     fn other_model_fails_integrity() {
         let m = model(4);
-        let other = EntropyModel::new((0..4).map(|_| FreqTable::uniform(1024).unwrap()).collect(), *b"othr").unwrap();
+        let other = EntropyModel::new(
+            (0..4).map(|_| FreqTable::uniform(1024).unwrap()).collect(),
+            *b"othr",
+        )
+        .unwrap();
         let mut out = Vec::new();
         m.write_frame(0, &[1, 2, 3, 4], &mut out).unwrap();
-        assert!(matches!(other.read_frame(&out, &mut Vec::new()), Err(BitstreamError::Integrity { .. })));
+        assert!(matches!(
+            other.read_frame(&out, &mut Vec::new()),
+            Err(BitstreamError::Integrity { .. })
+        ));
     }
 
     #[test]
@@ -192,11 +236,23 @@ mod tests {
         let mut ix = Vec::new();
         assert_eq!(m.read_frame(&[], &mut ix), Err(BitstreamError::Empty));
         assert_eq!(m.read_frame(&[0x44], &mut ix), Err(BitstreamError::Empty));
-        assert!(matches!(m.read_frame(&[0x00, 0], &mut ix), Err(BitstreamError::Version(0))));
-        assert!(matches!(m.read_frame(&[0x40, 0], &mut ix), Err(BitstreamError::Level { .. })));
+        assert!(matches!(
+            m.read_frame(&[0x00, 0], &mut ix),
+            Err(BitstreamError::Version(0))
+        ));
+        assert!(matches!(
+            m.read_frame(&[0x40, 0], &mut ix),
+            Err(BitstreamError::Level { .. })
+        ));
         // level 5 > 4 codebooks
-        assert!(matches!(m.read_frame(&[0x54, 0], &mut ix), Err(BitstreamError::Level { level: 5, .. })));
-        assert!(matches!(m.read_frame(&[0x44; 65], &mut ix), Err(BitstreamError::TooLong { .. })));
+        assert!(matches!(
+            m.read_frame(&[0x54, 0], &mut ix),
+            Err(BitstreamError::Level { level: 5, .. })
+        ));
+        assert!(matches!(
+            m.read_frame(&[0x44; 65], &mut ix),
+            Err(BitstreamError::TooLong { .. })
+        ));
         assert!(m.write_frame(0, &[], &mut Vec::new()).is_err());
         assert!(m.write_frame(0, &[1, 2, 3, 4, 5], &mut Vec::new()).is_err());
     }

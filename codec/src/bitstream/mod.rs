@@ -24,7 +24,9 @@ pub enum BitstreamError {
     Version(u8),
     #[error("frame level {level} is outside 1..={max} for this model")]
     Level { level: u8, max: u8 },
-    #[error("integrity check failed (crc {got:#04x}, expected {expected:#04x}): corrupt frame or a different model")]
+    #[error(
+        "integrity check failed (crc {got:#04x}, expected {expected:#04x}): corrupt frame or a different model"
+    )]
     Integrity { got: u8, expected: u8 },
     #[error("entropy-coded payload is corrupt")]
     CorruptPayload,

@@ -39,7 +39,9 @@ impl FreqTable {
         cum.push(0);
         for (i, &f) in freqs.iter().enumerate() {
             if f == 0 {
-                return Err(BitstreamError::BadFreqTable(format!("symbol {i} has frequency 0")));
+                return Err(BitstreamError::BadFreqTable(format!(
+                    "symbol {i} has frequency 0"
+                )));
             }
             acc += u64::from(f);
             if acc > u64::from(TOTAL) {
@@ -106,12 +108,21 @@ pub struct RangeEncoder<'a> {
 
 impl<'a> RangeEncoder<'a> {
     pub fn new(out: &'a mut Vec<u8>) -> Self {
-        Self { low: 0, range: u32::MAX, cache: None, pending_ff: 0, out }
+        Self {
+            low: 0,
+            range: u32::MAX,
+            cache: None,
+            pending_ff: 0,
+            out,
+        }
     }
 
     pub fn encode(&mut self, table: &FreqTable, symbol: usize) -> Result<(), BitstreamError> {
         if symbol >= table.len() {
-            return Err(BitstreamError::SymbolOutOfRange { symbol, alphabet: table.len() });
+            return Err(BitstreamError::SymbolOutOfRange {
+                symbol,
+                alphabet: table.len(),
+            });
         }
         let (start, size) = table.range_of(symbol);
         let r = self.range >> PRECISION_BITS;
@@ -178,7 +189,12 @@ pub struct RangeDecoder<'a> {
 
 impl<'a> RangeDecoder<'a> {
     pub fn new(input: &'a [u8]) -> Self {
-        let mut d = Self { code: 0, range: u32::MAX, input, pos: 0 };
+        let mut d = Self {
+            code: 0,
+            range: u32::MAX,
+            input,
+            pos: 0,
+        };
         for _ in 0..4 {
             d.code = (d.code << 8) | u32::from(d.next_byte());
         }
@@ -229,7 +245,11 @@ mod tests {
         e.finish();
         let mut d = RangeDecoder::new(&out);
         for (i, &s) in syms.iter().enumerate() {
-            assert_eq!(d.decode(&tables[i % tables.len()]).unwrap(), s, "symbol {i}");
+            assert_eq!(
+                d.decode(&tables[i % tables.len()]).unwrap(),
+                s,
+                "symbol {i}"
+            );
         }
         out
     }
@@ -250,7 +270,11 @@ mod tests {
         let t = FreqTable::new(&f).unwrap();
         let syms = vec![7usize; 400];
         let out = roundtrip(std::slice::from_ref(&t), &syms);
-        assert!(out.len() < 8, "{} bytes for 400 near-certain symbols", out.len());
+        assert!(
+            out.len() < 8,
+            "{} bytes for 400 near-certain symbols",
+            out.len()
+        );
     }
 
     #[test]
@@ -266,7 +290,10 @@ mod tests {
         let t = FreqTable::uniform(4).unwrap();
         let mut out = Vec::new();
         let mut e = RangeEncoder::new(&mut out);
-        assert!(matches!(e.encode(&t, 4), Err(BitstreamError::SymbolOutOfRange { .. })));
+        assert!(matches!(
+            e.encode(&t, 4),
+            Err(BitstreamError::SymbolOutOfRange { .. })
+        ));
     }
 
     fn arb_table() -> impl Strategy<Value = FreqTable> {

@@ -46,8 +46,12 @@ if ! .venv/bin/python -c "import onnxruntime, sys; sys.exit(onnxruntime.__versio
 fi
 # Optional evaluator packages (PESQ-WB, ViSQOL): a failure here only disables those columns.
 if ! .venv/bin/python -c "import pesq" 2>/dev/null; then
-  log "installing the optional PESQ evaluator"
+  log "installing the optional PESQ-WB evaluator"
   .venv/bin/python -m pip install -q pesq soundfile || log "pesq could not be installed: aic bench will say PESQ-WB is absent"
+fi
+if ! .venv/bin/python -c "import visqol" 2>/dev/null; then
+  log "installing the optional ViSQOL evaluator"
+  .venv/bin/python -m pip install -q visqol-python || log "visqol-python could not be installed: aic bench will say ViSQOL is absent"
 fi
 
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | sort | tail -n1)

@@ -11,9 +11,10 @@ use aic_codec::metrics;
 use aic_codec::resample::resample;
 use aic_codec::{CodecRegistry, OperatingPoint};
 use anyhow::{Context, Result, bail};
+
 use serde::Serialize;
 
-use crate::transcode;
+use crate::{external, transcode};
 
 /// Metrics are computed on 16 kHz wideband speech, the band every compared codec covers.
 pub const EVAL_RATE: u32 = 16_000;
@@ -58,19 +59,32 @@ pub struct Options {
     pub external: bool,
 }
 
-/// `opus`, `opus@12k`, `aic@L3`, comma separated. A bare name means the codec's default ladder.
+/// One row of the bench: a registered codec at a point, or an external command-line baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Codec(String, OperatingPoint),
+    /// codec2 at this many bits per second (Debian's `c2enc`/`c2dec`).
+    Codec2(u32),
+}
+
+/// `opus`, `opus@12k`, `aic@L3`, `codec2@3200`, comma separated. A bare name means the codec's
+/// default ladder.
 pub fn parse_specs(
     reg: &CodecRegistry,
     spec: Option<&str>,
     notes: &mut Vec<String>,
-) -> Result<Vec<(String, OperatingPoint)>> {
+) -> Result<Vec<Target>> {
     let mut out = Vec::new();
     let Some(spec) = spec else {
         for d in reg.iter() {
             match d.factory.availability() {
-                Ok(()) => out.extend(d.ladder.iter().map(|p| (d.name.clone(), *p))),
+                Ok(()) => out.extend(d.ladder.iter().map(|p| Target::Codec(d.name.clone(), *p))),
                 Err(why) => notes.push(format!("{} skipped: {why}", d.name)),
             }
+        }
+        match external::codec2_available() {
+            Ok(()) => out.extend(external::CODEC2_MODES.iter().map(|&m| Target::Codec2(m))),
+            Err(why) => notes.push(format!("codec2 skipped: {why}")),
         }
         return Ok(out);
     };
@@ -79,13 +93,25 @@ pub fn parse_specs(
             Some((n, p)) => (n, Some(parse_point(p)?)),
             None => (item, None),
         };
+        if name == "codec2" {
+            external::codec2_available()
+                .map_err(|why| anyhow::anyhow!("codec2 is not available here: {why}"))?;
+            match point {
+                None => out.extend(external::CODEC2_MODES.iter().map(|&m| Target::Codec2(m))),
+                Some(OperatingPoint::BitrateBps(b)) if external::CODEC2_MODES.contains(&b) => {
+                    out.push(Target::Codec2(b))
+                }
+                Some(p) => bail!("codec2 runs at {:?} bps, not {p}", external::CODEC2_MODES),
+            }
+            continue;
+        }
         let d = reg.get(name)?;
         if let Err(why) = d.factory.availability() {
             bail!("codec {name} is not available here: {why}");
         }
         match point {
-            Some(p) => out.push((name.to_owned(), p)),
-            None => out.extend(d.ladder.iter().map(|p| (name.to_owned(), *p))),
+            Some(p) => out.push(Target::Codec(name.to_owned(), p)),
+            None => out.extend(d.ladder.iter().map(|p| Target::Codec(name.to_owned(), *p))),
         }
     }
     if out.is_empty() {
@@ -174,7 +200,7 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
         });
         clips.push(Clip { pcm16k });
     }
-    let evaluator = if opts.external {
+    let mut evaluator = if opts.external {
         Evaluator::find(&mut notes)
     } else {
         None
@@ -184,57 +210,74 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
     }
     let total_secs: f64 = inputs.iter().map(|i| i.seconds).sum();
     let mut rows = Vec::new();
-    for (codec, point) in &specs {
-        let d = reg.get(codec)?;
+    for target in &specs {
         let mut per = Vec::new();
         let (mut enc_t, mut dec_t, mut bits, mut secs, mut concealed) = (0.0, 0.0, 0.0, 0.0, 0);
         let mut latency = 0.0;
-        for clip in &clips {
-            let input = resample(&clip.pcm16k, EVAL_RATE, d.sample_rate)?;
-            let e = transcode::encode(reg, codec, Some(*point), &input)
-                .with_context(|| format!("{codec}@{point}"))?;
-            latency = e.header.info.algorithmic_latency_ms();
-            let coded_secs = e.packets.len() as f64 * e.header.info.frame_samples as f64
-                / f64::from(d.sample_rate);
-            bits += transcode::bitrate_bps(&e) * coded_secs;
-            secs += coded_secs;
-            enc_t += e.encode_time.as_secs_f64();
-            let dec = transcode::decode(
-                reg,
-                &e.header.info,
-                e.header.total_samples,
-                e.packets.iter().map(|p| Ok(Some(p.as_slice()))),
-                false,
-            )?;
-            dec_t += dec.decode_time.as_secs_f64();
-            concealed += dec.concealed;
-            let out = resample(&dec.pcm, dec.sample_rate, EVAL_RATE)?;
+        let (codec, point) = match target {
+            Target::Codec(c, p) => (c.clone(), p.to_string()),
+            Target::Codec2(m) => (
+                "codec2".to_owned(),
+                OperatingPoint::BitrateBps(*m).to_string(),
+            ),
+        };
+        for (ci, clip) in clips.iter().enumerate() {
+            let out = match target {
+                Target::Codec(codec, point) => {
+                    let d = reg.get(codec)?;
+                    let input = resample(&clip.pcm16k, EVAL_RATE, d.sample_rate)?;
+                    let e = transcode::encode(reg, codec, Some(*point), &input)
+                        .with_context(|| format!("{codec}@{point}"))?;
+                    latency = e.header.info.algorithmic_latency_ms();
+                    let coded_secs = e.packets.len() as f64 * e.header.info.frame_samples as f64
+                        / f64::from(d.sample_rate);
+                    bits += transcode::bitrate_bps(&e) * coded_secs;
+                    secs += coded_secs;
+                    enc_t += e.encode_time.as_secs_f64();
+                    let dec = transcode::decode(
+                        reg,
+                        &e.header.info,
+                        e.header.total_samples,
+                        e.packets.iter().map(|p| Ok(Some(p.as_slice()))),
+                        false,
+                    )?;
+                    dec_t += dec.decode_time.as_secs_f64();
+                    concealed += dec.concealed;
+                    resample(&dec.pcm, dec.sample_rate, EVAL_RATE)?
+                }
+                Target::Codec2(mode) => {
+                    let r = external::codec2(&clip.pcm16k, *mode)?;
+                    bits += r.bits as f64;
+                    secs += r.coded_secs;
+                    enc_t += r.encode_secs;
+                    dec_t += r.decode_secs;
+                    // One 20 ms frame plus the delay the alignment found.
+                    latency = 20.0 + r.delay_ms;
+                    r.pcm16k
+                }
+            };
             let n = out.len().min(clip.pcm16k.len());
             let (r, o) = (&clip.pcm16k[..n], &out[..n]);
             let stoi = metrics::stoi(r, o, EVAL_RATE).ok();
-            let ext = evaluator
-                .as_ref()
-                .map(|ev| ev.score(r, o))
-                .unwrap_or_default();
+            if let Some(ev) = evaluator.as_mut() {
+                ev.add(rows.len(), ci, r, o)?;
+            }
             per.push((
                 stoi,
                 metrics::si_sdr(r, o).ok(),
                 metrics::log_mel_distance(r, o, EVAL_RATE).ok(),
-                ext,
             ));
         }
         let stoi: Vec<Option<f64>> = per.iter().map(|p| p.0).collect();
-        let pesq: Vec<Option<f64>> = per.iter().map(|p| p.3.0).collect();
-        let visqol: Vec<Option<f64>> = per.iter().map(|p| p.3.1).collect();
         let row = Row {
-            codec: codec.clone(),
-            point: point.to_string(),
+            codec,
+            point,
             bitrate_kbps: bits / secs / 1000.0,
             stoi: mean_opt(&stoi),
             si_sdr_db: mean_opt(&per.iter().map(|p| p.1).collect::<Vec<_>>()),
             log_mel_distance: mean_opt(&per.iter().map(|p| p.2).collect::<Vec<_>>()),
-            pesq_wb: mean_opt(&pesq),
-            visqol: mean_opt(&visqol),
+            pesq_wb: None,
+            visqol: None,
             encode_rtf: enc_t / total_secs,
             decode_rtf: dec_t / total_secs,
             algorithmic_latency_ms: latency,
@@ -245,6 +288,13 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             row.codec, row.point, row.bitrate_kbps
         );
         rows.push(row);
+    }
+    if let Some(ev) = evaluator {
+        eprintln!(
+            "  scoring PESQ-WB and ViSQOL ({} pairs) ...",
+            ev.pairs.len()
+        );
+        ev.finish(&mut rows, &mut notes);
     }
     if rows.iter().any(|r| r.stoi.is_none()) {
         notes.push(
@@ -319,11 +369,15 @@ pub fn table(rep: &Report) -> String {
     s
 }
 
-/// The optional Python evaluator (`scripts/eval_quality.py`) for PESQ-WB and ViSQOL.
+/// The optional Python evaluator (`scripts/eval_quality.py`) for PESQ-WB and ViSQOL. Pairs are
+/// written as WAV files during the bench and scored in one run of the script at the end, so its
+/// start-up (loading ViSQOL's model) is paid once.
 struct Evaluator {
     python: PathBuf,
     script: PathBuf,
     dir: PathBuf,
+    /// (row, clip, reference path, degraded path)
+    pairs: Vec<(usize, usize, PathBuf, PathBuf)>,
 }
 
 impl Evaluator {
@@ -354,48 +408,37 @@ impl Evaluator {
             notes.push(format!("PESQ-WB/ViSQOL not computed: {e}"));
             return None;
         }
-        let ev = Self {
+        Some(Self {
             python,
             script,
             dir,
-        };
-        // Probe once with a short tone so a missing package is reported once, clearly.
-        let probe: Vec<f32> = (0..32_000)
-            .map(|i| 0.3 * (i as f32 * 0.07).sin() * (i as f32 * 0.0005).sin())
-            .collect();
-        match ev.run(&probe, &probe) {
-            Ok(v) => {
-                if let Some(errs) = v
-                    .get("errors")
-                    .and_then(|e| e.as_object())
-                    .filter(|e| !e.is_empty())
-                {
-                    for (k, why) in errs {
-                        notes.push(format!(
-                            "{k} not computed: {}",
-                            why.as_str().unwrap_or("unavailable")
-                        ));
-                    }
-                }
-                Some(ev)
-            }
-            Err(e) => {
-                notes.push(format!(
-                    "PESQ-WB/ViSQOL not computed: evaluator failed: {e:#}"
-                ));
-                None
-            }
-        }
+            pairs: Vec::new(),
+        })
     }
 
-    fn run(&self, r: &[f32], o: &[f32]) -> Result<serde_json::Value> {
-        let (rp, op) = (self.dir.join("ref.wav"), self.dir.join("deg.wav"));
-        crate::audio::write_wav(&rp, r, EVAL_RATE)?;
+    fn add(&mut self, row: usize, clip: usize, r: &[f32], o: &[f32]) -> Result<()> {
+        let rp = self.dir.join(format!("ref-{clip}.wav"));
+        if !rp.exists() {
+            crate::audio::write_wav(&rp, r, EVAL_RATE)?;
+        }
+        let op = self.dir.join(format!("deg-{row}-{clip}.wav"));
         crate::audio::write_wav(&op, o, EVAL_RATE)?;
+        self.pairs.push((row, clip, rp, op));
+        Ok(())
+    }
+
+    fn run(&self) -> Result<Vec<serde_json::Value>> {
+        let list = self.dir.join("pairs.tsv");
+        let text: String = self
+            .pairs
+            .iter()
+            .map(|(_, _, r, o)| format!("{}\t{}\n", r.display(), o.display()))
+            .collect();
+        std::fs::write(&list, text)?;
         let out = Command::new(&self.python)
             .arg(&self.script)
-            .arg(&rp)
-            .arg(&op)
+            .arg("--pairs")
+            .arg(&list)
             .output()
             .with_context(|| format!("cannot run {}", self.python.display()))?;
         if !out.status.success() {
@@ -407,17 +450,52 @@ impl Evaluator {
                     .unwrap_or("exit status non-zero")
             );
         }
-        let line = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(line.trim()).context("evaluator printed no JSON")
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l.trim()))
+            .collect::<Result<_, _>>()
+            .context("evaluator printed something other than JSON lines")?;
+        if lines.len() != self.pairs.len() {
+            bail!(
+                "evaluator scored {} of {} pairs",
+                lines.len(),
+                self.pairs.len()
+            );
+        }
+        Ok(lines)
     }
 
-    fn score(&self, r: &[f32], o: &[f32]) -> (Option<f64>, Option<f64>) {
-        match self.run(r, o) {
-            Ok(v) => (
-                v.get("pesq_wb").and_then(|x| x.as_f64()),
-                v.get("visqol").and_then(|x| x.as_f64()),
-            ),
-            Err(_) => (None, None),
+    /// Scores every pair and fills the rows' PESQ-WB/ViSQOL means (a row gets a value only when
+    /// every clip was scored).
+    fn finish(self, rows: &mut [Row], notes: &mut Vec<String>) {
+        let results = match self.run() {
+            Ok(r) => r,
+            Err(e) => {
+                notes.push(format!(
+                    "PESQ-WB/ViSQOL not computed: evaluator failed: {e:#}"
+                ));
+                return;
+            }
+        };
+        let mut reasons = std::collections::BTreeMap::new();
+        let mut per_row: Vec<[Vec<Option<f64>>; 2]> = vec![[Vec::new(), Vec::new()]; rows.len()];
+        for ((row, _, _, _), v) in self.pairs.iter().zip(&results) {
+            per_row[*row][0].push(v.get("pesq_wb").and_then(|x| x.as_f64()));
+            per_row[*row][1].push(v.get("visqol").and_then(|x| x.as_f64()));
+            if let Some(errs) = v.get("errors").and_then(|e| e.as_object()) {
+                for (k, why) in errs {
+                    reasons
+                        .entry(k.clone())
+                        .or_insert_with(|| why.as_str().unwrap_or("failed").to_owned());
+                }
+            }
+        }
+        for (r, [p, v]) in rows.iter_mut().zip(per_row) {
+            r.pesq_wb = mean_opt(&p);
+            r.visqol = mean_opt(&v);
+        }
+        for (k, why) in reasons {
+            notes.push(format!("{k} not computed for some clips: {why}"));
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod audio;
 mod bench;
+mod external;
 mod plot;
 mod transcode;
 

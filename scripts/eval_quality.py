@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Optional perceptual-quality evaluator called by the `aic` CLI.
+
+    python3 scripts/eval_quality.py REF.wav DEG.wav
+    python3 scripts/eval_quality.py --pairs LIST.tsv     (one "REF<TAB>DEG" per line)
+
+Both files: 16 kHz mono WAV, already delay-aligned by the caller (if their lengths differ, the
+longer one is truncated). Prints exactly ONE line of JSON on stdout:
+
+    {"pesq_wb": float|null, "visqol": float|null, "errors": {"<metric or stage>": "<reason>"}}
+
+* ``pesq_wb``: ITU-T P.862.2 wide-band PESQ MOS-LQO via the ``pesq`` package
+  (``pesq(16000, ref, deg, "wb")``), range about 1.04..4.64.
+* ``visqol``: ViSQOL v3 speech-mode MOS-LQO via the pure-Python ``visqol-python`` package
+  (``VisqolApi().create(mode="speech", use_lattice_model=False)``: the polynomial mapping,
+  scaled to 5.0; the C++ tool's default lattice model needs the TFLite runtime), range 1..5.
+
+A metric whose package is missing or that fails is ``null``, with the reason under its name in
+``errors``; the exit status is still 0, so callers can treat the whole evaluator as optional.
+Only wrong usage exits with status 2. With ``--pairs`` it prints one such line per pair, in
+order, loading the libraries and the ViSQOL model once (about 6 s) instead of once per pair. Anything the libraries print
+is sent to stderr so stdout stays one line of JSON.
+
+The project's training venv has both packages: /root/aic-train-venv/bin/python
+(pesq 0.0.4, visqol-python 3.8.0, numpy 2.4).
+"""
+
+import contextlib
+import json
+import math
+import sys
+
+SAMPLE_RATE = 16000
+
+
+def read_wav(path):
+    """Returns (sample_rate, float64 numpy array in [-1, 1)); mono only."""
+    import numpy as np
+
+    try:
+        import soundfile as sf
+    except ImportError:
+        sf = None
+    if sf is not None:
+        x, sr = sf.read(path, dtype="float64", always_2d=True)
+        if x.shape[1] != 1:
+            raise ValueError(f"{path}: {x.shape[1]} channels, expected mono")
+        return sr, x[:, 0]
+    import wave
+
+    with wave.open(path, "rb") as w:
+        if w.getnchannels() != 1 or w.getsampwidth() != 2:
+            raise ValueError(f"{path}: expected 16-bit mono PCM (install soundfile for other formats)")
+        sr = w.getframerate()
+        data = w.readframes(w.getnframes())
+    return sr, np.frombuffer(data, dtype="<i2").astype(np.float64) / 32768.0
+
+
+def finite_or_none(v):
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def describe(e):
+    return f"{type(e).__name__}: {e}"
+
+
+def evaluate(ref_path, deg_path):
+    out = {"pesq_wb": None, "visqol": None, "errors": {}}
+    errors = out["errors"]
+    try:
+        import numpy  # noqa: F401
+    except ImportError as e:
+        errors["pesq_wb"] = errors["visqol"] = f"numpy unavailable ({describe(e)})"
+        return out
+    try:
+        sr_r, ref = read_wav(ref_path)
+        sr_d, deg = read_wav(deg_path)
+        if sr_r != SAMPLE_RATE or sr_d != SAMPLE_RATE:
+            raise ValueError(f"sample rates {sr_r}/{sr_d} Hz, expected {SAMPLE_RATE} Hz")
+        n = min(len(ref), len(deg))
+        if n == 0:
+            raise ValueError("empty input")
+        ref, deg = ref[:n], deg[:n]
+    except Exception as e:  # noqa: BLE001
+        errors["input"] = describe(e)
+        return out
+
+    try:
+        from pesq import pesq
+    except Exception as e:  # noqa: BLE001 (ImportError, or a broken binary extension)
+        errors["pesq_wb"] = f"pesq package unavailable ({describe(e)})"
+    else:
+        try:
+            out["pesq_wb"] = finite_or_none(pesq(SAMPLE_RATE, ref, deg, "wb"))
+        except Exception as e:  # noqa: BLE001 (e.g. NoUtterancesError on silence)
+            errors["pesq_wb"] = describe(e)
+
+    try:
+        from visqol import VisqolApi
+    except Exception as e:  # noqa: BLE001
+        errors["visqol"] = f"visqol-python package unavailable ({describe(e)})"
+    else:
+        try:
+            api = _visqol_api(VisqolApi)
+            out["visqol"] = finite_or_none(api.measure_from_arrays(ref, deg, SAMPLE_RATE).moslqo)
+        except Exception as e:  # noqa: BLE001
+            errors["visqol"] = describe(e)
+    return out
+
+
+_API = None
+
+
+def _visqol_api(cls):
+    """One ViSQOL instance per process: creating it is the slow part."""
+    global _API
+    if _API is None:
+        api = cls()
+        api.create(mode="speech", use_lattice_model=False)
+        _API = api
+    return _API
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "--pairs":
+        with open(argv[2], encoding="utf-8") as f:
+            pairs = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+        if any(len(p) != 2 for p in pairs):
+            print("--pairs: each line must be REF<TAB>DEG", file=sys.stderr)
+            return 2
+    elif len(argv) == 3:
+        pairs = [(argv[1], argv[2])]
+    else:
+        print(f"usage: {argv[0]} REF.wav DEG.wav | --pairs LIST.tsv  (16 kHz mono, delay-aligned)", file=sys.stderr)
+        return 2
+    for ref, deg in pairs:
+        with contextlib.redirect_stdout(sys.stderr):
+            result = evaluate(ref, deg)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -213,6 +213,9 @@ def main(argv=None):
         res[f"decoder_max_abs_diff@{lv}"] < 1e-3 for lv in (12, 2))
     print("verification", "PASSED" if ok else "FAILED", "(tolerance 1e-3)")
 
+    from .reference import write_reference
+    print("reference:", write_reference(model, args.out))
+
     counts = code_counts(model, root, args.entropy_minutes)
     freqs = [to_frequencies(c) for c in counts]
     used = [(c > 0).sum() for c in counts]

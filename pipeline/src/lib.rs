@@ -6,10 +6,13 @@
 //! * [`aic`] — the streaming AIC [`Encoder`](aic_codec::Encoder)/[`Decoder`](aic_codec::Decoder)
 //!   (one stream at a time) and its registry entry.
 //!
-//! The batched many-stream pipeline (slot table, batcher, fallback) is the next issue; the
-//! graphs already take a batch dimension and explicit per-stream state for it.
+//! * [`engine`] — the batched many-stream pipeline as a sans-IO state machine: slot table,
+//!   batcher with deadlines, Opus fallback, bounded queues.
+//! * [`metrics`] — histograms and counters the engine keeps.
 
 pub mod aic;
+pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 

@@ -777,10 +777,10 @@ impl Engine {
     ) {
         let latency = now.saturating_duration_since(arrived);
         self.metrics.e2e_latency.record(latency);
-        if let Some(s) = self.slots.iter().find(|s| s.stream == Some(stream)) {
-            if latency > s.cfg.budget {
-                self.metrics.late += 1;
-            }
+        if let Some(s) = self.slots.iter().find(|s| s.stream == Some(stream))
+            && latency > s.cfg.budget
+        {
+            self.metrics.late += 1;
         }
         if payload.is_fallback() {
             self.metrics.fallbacks += 1;
@@ -818,11 +818,11 @@ impl Engine {
         match self.slots[idx].cfg.direction {
             Direction::Encode => {
                 let mut out = Vec::new();
-                if let (Some(pcm), Some(enc)) = (pcm, self.slots[idx].opus.as_mut()) {
-                    if let Err(e) = enc.encode_frame(pcm, &mut out) {
-                        self.metrics.last_backend_error = Some(format!("opus fallback: {e}"));
-                        out.clear();
-                    }
+                if let (Some(pcm), Some(enc)) = (pcm, self.slots[idx].opus.as_mut())
+                    && let Err(e) = enc.encode_frame(pcm, &mut out)
+                {
+                    self.metrics.last_backend_error = Some(format!("opus fallback: {e}"));
+                    out.clear();
                 }
                 self.emit(now, stream, seq, arrived, Payload::OpusFallback(out));
             }

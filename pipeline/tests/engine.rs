@@ -1,6 +1,9 @@
 //! The batched engine on virtual time (faster than real time), with the real model through
 //! ONNX Runtime as the backend.
 
+// Frame loops index several parallel per-stream arrays by time; iterators would obscure that.
+#![allow(clippy::needless_range_loop)]
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

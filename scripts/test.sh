@@ -11,5 +11,7 @@ echo "== clippy (all targets, warnings are errors)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests (unit, property, integration; benches run once in test mode)" >&2
 cargo test --workspace --all-targets --locked
+echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
+cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked

@@ -25,6 +25,8 @@ pub enum PipelineError {
     RuntimeUnavailable(String),
     #[error("model {dir}: {why}")]
     Model { dir: String, why: String },
+    #[error("execution provider {provider} unavailable: {why}")]
+    Provider { provider: runtime::Provider, why: String },
     #[error("inference failed: {0}")]
     Inference(String),
     #[error(transparent)]

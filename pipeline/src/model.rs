@@ -13,7 +13,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::PipelineError;
-use crate::runtime::{check_io, open_session};
+use crate::runtime::{Provider, check_io, open_session};
 
 /// Which graph a batch runs through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +48,13 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PipelineError> {
 }
 
 impl AicModel {
-    /// Loads and checks everything. `threads` = ONNX Runtime intra-op threads per graph.
+    /// Loads and checks everything, on the CPU. `threads` = ONNX Runtime intra-op threads per graph.
     pub fn load(dir: &Path, threads: usize) -> Result<Self, PipelineError> {
+        Self::load_with(dir, threads, Provider::Cpu)
+    }
+
+    /// As [`AicModel::load`], on the given execution provider.
+    pub fn load_with(dir: &Path, threads: usize, provider: Provider) -> Result<Self, PipelineError> {
         let manifest = read_manifest(dir)?;
         let read = |file: &str| {
             std::fs::read(dir.join(file))
@@ -68,7 +73,7 @@ impl AicModel {
             let bytes = read(&spec.file)?;
             verify_sha256(&spec.file, &bytes, &spec.sha256)
                 .map_err(|e| model_err(dir, e.to_string()))?;
-            open_session(&dir.join(&spec.file), threads)
+            open_session(&dir.join(&spec.file), threads, provider)
         };
         let encoder = open(&manifest.encoder)?;
         let decoder = open(&manifest.decoder)?;

@@ -67,22 +67,76 @@ pub fn environment() -> Result<&'static ort::environment::Environment, PipelineE
     .map_err(|e| PipelineError::RuntimeUnavailable(e.clone()))
 }
 
-/// Opens a graph on the CPU execution provider. `threads` = intra-op threads (1 for one
-/// stream: parallelism comes from batching and from running streams side by side).
-pub fn open_session(path: &Path, threads: usize) -> Result<Session, PipelineError> {
+/// Where a graph runs. CPU is the default and the only one this project's machines have; CUDA
+/// and TensorRT are compiled in with the `cuda` / `tensorrt` features and fail at session
+/// creation, with ONNX Runtime's reason, when no device (or no GPU build of the library) exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provider {
+    #[default]
+    Cpu,
+    Cuda,
+    TensorRt,
+}
+
+impl std::str::FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Provider::Cpu),
+            "cuda" => Ok(Provider::Cuda),
+            "tensorrt" | "trt" => Ok(Provider::TensorRt),
+            other => Err(format!("unknown execution provider {other:?} (cpu, cuda, tensorrt)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+            Provider::TensorRt => "tensorrt",
+        })
+    }
+}
+
+fn with_provider(
+    b: ort::session::builder::SessionBuilder,
+    provider: Provider,
+) -> Result<ort::session::builder::SessionBuilder, PipelineError> {
+    let unavailable = |why: String| PipelineError::Provider { provider, why };
+    match provider {
+        Provider::Cpu => Ok(b),
+        #[cfg(feature = "cuda")]
+        Provider::Cuda => b
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+            .map_err(|e| unavailable(e.to_string())),
+        #[cfg(feature = "tensorrt")]
+        Provider::TensorRt => b
+            .with_execution_providers([ort::ep::TensorRT::default().build().error_on_failure()])
+            .map_err(|e| unavailable(e.to_string())),
+        #[allow(unreachable_patterns)]
+        other => Err(unavailable(format!(
+            "this build has no {other} support (rebuild aic-pipeline with --features {other})"
+        ))),
+    }
+}
+
+/// Opens a graph. `threads` = intra-op threads (1 per serving thread: parallelism comes from
+/// batching and from running streams side by side).
+pub fn open_session(path: &Path, threads: usize, provider: Provider) -> Result<Session, PipelineError> {
     let env = environment()?;
     let fail = |e: &dyn std::fmt::Display| PipelineError::Model {
         dir: path.display().to_string(),
         why: e.to_string(),
     };
-    Session::builder(env)
+    let b = Session::builder(env)
         .map_err(|e| fail(&e))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| fail(&e))?
         .with_intra_threads(threads)
-        .map_err(|e| fail(&e))?
-        .commit_from_file(path)
-        .map_err(|e| fail(&e))
+        .map_err(|e| fail(&e))?;
+    with_provider(b, provider)?.commit_from_file(path).map_err(|e| fail(&e))
 }
 
 /// Checks that `session` has a float32 input/output named `name` of shape `[batch, width]`

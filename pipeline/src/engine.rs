@@ -303,7 +303,8 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     model: std::sync::Arc<AicModel>,
     indices: Vec<u16>,
-    residual: Vec<f32>,
+    batch_indices: Vec<u16>,
+    rvq_scratch: aic_kernels::rvq::BatchScratch,
     pub metrics: PipelineMetrics,
 }
 
@@ -371,7 +372,8 @@ impl Engine {
             next_stream: 1,
             outputs: VecDeque::new(),
             indices: Vec::with_capacity(16),
-            residual: vec![0.0; latent],
+            batch_indices: Vec::new(),
+            rvq_scratch: Default::default(),
             metrics: PipelineMetrics::default(),
             frame,
             latent,
@@ -713,6 +715,31 @@ impl Engine {
         };
         let sw = self.state_width[gi(g)];
         let members = std::mem::take(&mut b.members);
+        // Encoder batches: one batched RVQ search for all rows, at the deepest level any
+        // member needs (RVQ is greedy, so each stream's level is a prefix of that).
+        let rvq_levels = if g == Graph::Encoder && ok {
+            members
+                .iter()
+                .map(|m| usize::from(self.slots[m.slot].cfg.level))
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        } else {
+            1
+        };
+        let rvq_ok = g == Graph::Encoder && ok && {
+            self.batch_indices.resize(b.size * rvq_levels, 0);
+            self.model
+                .codebooks
+                .encode_batch(
+                    &b.output[..b.size * self.latent],
+                    b.size,
+                    rvq_levels,
+                    &mut self.batch_indices,
+                    &mut self.rvq_scratch,
+                )
+                .is_ok()
+        };
         for (row, m) in members.iter().enumerate() {
             let s = &mut self.slots[m.slot];
             s.in_flight = false;
@@ -731,18 +758,13 @@ impl Engine {
             let payload = match g {
                 Graph::Encoder => {
                     let level = usize::from(s.cfg.level);
-                    let z = &b.output[row * self.latent..(row + 1) * self.latent];
-                    self.indices.resize(level, 0);
+                    let ix = &self.batch_indices[row * rvq_levels..row * rvq_levels + level];
                     let mut frame = Vec::with_capacity(2 + 2 * level);
-                    let coded = self
-                        .model
-                        .codebooks
-                        .encode(z, &mut self.indices, &mut self.residual)
-                        .is_ok()
+                    let coded = rvq_ok
                         && self
                             .model
                             .entropy
-                            .write_frame(s.counter, &self.indices, &mut frame)
+                            .write_frame(s.counter, ix, &mut frame)
                             .is_ok();
                     if !coded {
                         let pcm = &b.input[row * self.frame..(row + 1) * self.frame];

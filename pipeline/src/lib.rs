@@ -26,7 +26,10 @@ pub enum PipelineError {
     #[error("model {dir}: {why}")]
     Model { dir: String, why: String },
     #[error("execution provider {provider} unavailable: {why}")]
-    Provider { provider: runtime::Provider, why: String },
+    Provider {
+        provider: runtime::Provider,
+        why: String,
+    },
     #[error("inference failed: {0}")]
     Inference(String),
     #[error(transparent)]

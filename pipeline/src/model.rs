@@ -54,7 +54,11 @@ impl AicModel {
     }
 
     /// As [`AicModel::load`], on the given execution provider.
-    pub fn load_with(dir: &Path, threads: usize, provider: Provider) -> Result<Self, PipelineError> {
+    pub fn load_with(
+        dir: &Path,
+        threads: usize,
+        provider: Provider,
+    ) -> Result<Self, PipelineError> {
         let manifest = read_manifest(dir)?;
         let read = |file: &str| {
             std::fs::read(dir.join(file))

@@ -85,7 +85,9 @@ impl std::str::FromStr for Provider {
             "cpu" => Ok(Provider::Cpu),
             "cuda" => Ok(Provider::Cuda),
             "tensorrt" | "trt" => Ok(Provider::TensorRt),
-            other => Err(format!("unknown execution provider {other:?} (cpu, cuda, tensorrt)")),
+            other => Err(format!(
+                "unknown execution provider {other:?} (cpu, cuda, tensorrt)"
+            )),
         }
     }
 }
@@ -124,7 +126,11 @@ fn with_provider(
 
 /// Opens a graph. `threads` = intra-op threads (1 per serving thread: parallelism comes from
 /// batching and from running streams side by side).
-pub fn open_session(path: &Path, threads: usize, provider: Provider) -> Result<Session, PipelineError> {
+pub fn open_session(
+    path: &Path,
+    threads: usize,
+    provider: Provider,
+) -> Result<Session, PipelineError> {
     let env = environment()?;
     let fail = |e: &dyn std::fmt::Display| PipelineError::Model {
         dir: path.display().to_string(),
@@ -136,7 +142,9 @@ pub fn open_session(path: &Path, threads: usize, provider: Provider) -> Result<S
         .map_err(|e| fail(&e))?
         .with_intra_threads(threads)
         .map_err(|e| fail(&e))?;
-    with_provider(b, provider)?.commit_from_file(path).map_err(|e| fail(&e))
+    with_provider(b, provider)?
+        .commit_from_file(path)
+        .map_err(|e| fail(&e))
 }
 
 /// Checks that `session` has a float32 input/output named `name` of shape `[batch, width]`

@@ -20,7 +20,9 @@ fn gpu_providers_fail_cleanly_without_a_device() {
                 }
             }
             Err(other) => panic!("{p}: expected a provider error, got {other}"),
-            Ok(_) => eprintln!("{p}: a device is present here; the no-device path was not exercised"),
+            Ok(_) => {
+                eprintln!("{p}: a device is present here; the no-device path was not exercised")
+            }
         }
     }
     assert!(AicModel::load_with(&default_model_dir(), 1, Provider::Cpu).is_ok());

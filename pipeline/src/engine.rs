@@ -461,6 +461,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Frames of `id` queued or in a batch that is out (`None`: no such stream).
+    pub fn pending_frames(&self, id: StreamId) -> Option<usize> {
+        let s = &self.slots[self.slot_of(id).ok()?];
+        Some(s.queue.len() + usize::from(s.in_flight))
+    }
+
     fn slot_of(&self, id: StreamId) -> Result<usize, EngineError> {
         self.slots
             .iter()

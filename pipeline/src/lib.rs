@@ -8,9 +8,11 @@
 //!
 //! * [`engine`] — the batched many-stream pipeline as a sans-IO state machine: slot table,
 //!   batcher with deadlines, Opus fallback, bounded queues.
+//! * [`driver`] — the thin real-time driver: one worker thread, channels in and out.
 //! * [`metrics`] — histograms and counters the engine keeps.
 
 pub mod aic;
+pub mod driver;
 pub mod engine;
 pub mod metrics;
 pub mod model;

@@ -73,6 +73,8 @@ pub struct PipelineMetrics {
     /// Frames dropped because a stream's queue was full.
     pub dropped: u64,
     pub corrupt_frames: u64,
+    /// Frames refused at the door (unknown stream, wrong size or direction).
+    pub rejected_frames: u64,
     pub backend_errors: u64,
     pub last_backend_error: Option<String>,
     /// Results that arrived for a slot whose stream had closed.

@@ -1,0 +1,251 @@
+//! The thin driver: one worker thread owns the [`Engine`] and the backend, feeds it the real
+//! clock, and talks to streams over channels. All decisions stay in the engine; this module only
+//! moves frames in and outputs out, and sleeps exactly until the engine's next deadline (no
+//! polling loop).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crate::PipelineError;
+use crate::engine::{Engine, EngineConfig, EngineError, Output, Poll, StreamConfig, StreamId};
+use crate::metrics::PipelineMetrics;
+use crate::model::{AicModel, Graph};
+
+/// Runs one model step for a batch. The ONNX Runtime model is the production backend; tests may
+/// wrap it (to slow it down, or make it fail).
+pub trait Backend: Send {
+    fn run(
+        &mut self,
+        graph: Graph,
+        batch: usize,
+        input: &[f32],
+        state: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), PipelineError>;
+}
+
+impl Backend for Arc<AicModel> {
+    fn run(
+        &mut self,
+        graph: Graph,
+        batch: usize,
+        input: &[f32],
+        state: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), PipelineError> {
+        self.step(graph, batch, input, state, output)
+    }
+}
+
+enum Cmd {
+    Open(
+        StreamConfig,
+        Sender<Output>,
+        SyncSender<Result<StreamId, EngineError>>,
+    ),
+    Close(StreamId),
+    Pcm(StreamId, Instant, Vec<f32>),
+    Aic(StreamId, Instant, Option<Vec<u8>>),
+    Metrics(SyncSender<PipelineMetrics>),
+    Shutdown,
+}
+
+/// A running pipeline. Dropping it (or [`Pipeline::shutdown`]) finishes every queued frame
+/// first: nothing accepted is lost.
+#[derive(Debug)]
+pub struct Pipeline {
+    tx: Sender<Cmd>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// One open stream: push frames in, read [`Output`]s from `outputs` (in completion order;
+/// `Output::seq` gives the input order). Dropping the handle ends the stream once the frames
+/// already pushed have come out.
+#[derive(Debug)]
+pub struct StreamHandle {
+    pub id: StreamId,
+    tx: Sender<Cmd>,
+    pub outputs: Receiver<Output>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline has shut down")]
+pub struct Closed;
+
+impl StreamHandle {
+    pub fn push_pcm(&self, pcm: Vec<f32>) -> Result<(), Closed> {
+        self.tx
+            .send(Cmd::Pcm(self.id, Instant::now(), pcm))
+            .map_err(|_| Closed)
+    }
+    pub fn push_aic(&self, frame: Option<Vec<u8>>) -> Result<(), Closed> {
+        self.tx
+            .send(Cmd::Aic(self.id, Instant::now(), frame))
+            .map_err(|_| Closed)
+    }
+}
+
+impl Drop for StreamHandle {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Cmd::Close(self.id));
+    }
+}
+
+impl Pipeline {
+    pub fn start(model: Arc<AicModel>, cfg: EngineConfig) -> Self {
+        Self::with_backend(model.clone(), cfg, Box::new(model))
+    }
+
+    pub fn with_backend(
+        model: Arc<AicModel>,
+        cfg: EngineConfig,
+        backend: Box<dyn Backend>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let worker = std::thread::Builder::new()
+            .name("aic-pipeline".into())
+            .spawn(move || {
+                Worker {
+                    engine: Engine::new(model, cfg),
+                    backend,
+                    routes: HashMap::new(),
+                    closing: Vec::new(),
+                    rx,
+                }
+                .run()
+            })
+            .expect("spawn pipeline worker");
+        Self {
+            tx,
+            worker: Some(worker),
+        }
+    }
+
+    pub fn open(&self, cfg: StreamConfig) -> Result<StreamHandle, EngineError> {
+        let (otx, orx) = mpsc::channel();
+        let (rtx, rrx) = mpsc::sync_channel(1);
+        let shut = EngineError::Fallback("pipeline has shut down".into());
+        self.tx
+            .send(Cmd::Open(cfg, otx, rtx))
+            .map_err(|_| shut.clone())?;
+        let id = rrx.recv().map_err(|_| shut)??;
+        Ok(StreamHandle {
+            id,
+            tx: self.tx.clone(),
+            outputs: orx,
+        })
+    }
+
+    /// A snapshot of the engine's metrics.
+    pub fn metrics(&self) -> Option<PipelineMetrics> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx.send(Cmd::Metrics(tx)).ok()?;
+        rx.recv().ok()
+    }
+
+    /// Stops accepting streams, finishes queued frames, joins the worker.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.tx.send(Cmd::Shutdown);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    engine: Engine,
+    backend: Box<dyn Backend>,
+    routes: HashMap<StreamId, Sender<Output>>,
+    /// Streams whose handle was dropped: closed once their queued frames are out.
+    closing: Vec<StreamId>,
+    rx: Receiver<Cmd>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let mut stopping = false;
+        loop {
+            while let Ok(cmd) = self.rx.try_recv() {
+                stopping |= self.handle(cmd);
+            }
+            let now = Instant::now();
+            match self.engine.poll(now) {
+                Poll::Run(mut b) => {
+                    let g = b.graph;
+                    let (i, s, o, n) = b.buffers();
+                    let r = self.backend.run(g, n, i, s, o);
+                    self.engine.complete(Instant::now(), b, r);
+                }
+                Poll::WaitUntil(t) => {
+                    match self.rx.recv_timeout(t.saturating_duration_since(now)) {
+                        Ok(cmd) => stopping |= self.handle(cmd),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => stopping = true,
+                    }
+                }
+                Poll::Idle if stopping => break,
+                Poll::Idle => match self.rx.recv() {
+                    Ok(cmd) => stopping |= self.handle(cmd),
+                    Err(_) => stopping = true,
+                },
+            }
+            while let Some(o) = self.engine.pop_output() {
+                if let Some(tx) = self.routes.get(&o.stream) {
+                    let _ = tx.send(o); // a receiver that went away just stops listening
+                }
+            }
+            let engine = &mut self.engine;
+            let routes = &mut self.routes;
+            self.closing.retain(|&id| {
+                if engine.pending_frames(id).unwrap_or(0) > 0 {
+                    return true;
+                }
+                let _ = engine.close(id);
+                routes.remove(&id);
+                false
+            });
+        }
+    }
+
+    /// Returns true on shutdown.
+    fn handle(&mut self, cmd: Cmd) -> bool {
+        match cmd {
+            Cmd::Open(cfg, out, reply) => {
+                let r = self.engine.open(cfg);
+                if let Ok(id) = r {
+                    self.routes.insert(id, out);
+                }
+                let _ = reply.send(r);
+            }
+            Cmd::Close(id) => self.closing.push(id),
+            Cmd::Pcm(id, at, pcm) => {
+                if self.engine.push_pcm(at, id, &pcm).is_err() {
+                    self.engine.metrics.rejected_frames += 1;
+                }
+            }
+            Cmd::Aic(id, at, frame) => {
+                if self.engine.push_aic(at, id, frame.as_deref()).is_err() {
+                    self.engine.metrics.rejected_frames += 1;
+                }
+            }
+            Cmd::Metrics(reply) => {
+                let _ = reply.send(self.engine.metrics.clone());
+            }
+            Cmd::Shutdown => return true,
+        }
+        false
+    }
+}

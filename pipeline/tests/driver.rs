@@ -1,0 +1,136 @@
+//! The threaded driver on the real clock: every frame pushed comes out exactly once (as AIC or
+//! as a marked fallback), shutdown loses nothing, a failing backend degrades to Opus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aic_pipeline::PipelineError;
+use aic_pipeline::aic::default_model_dir;
+use aic_pipeline::driver::{Backend, Pipeline};
+use aic_pipeline::engine::{EngineConfig, Payload, StreamConfig};
+use aic_pipeline::model::{AicModel, Graph};
+
+fn model() -> Arc<AicModel> {
+    Arc::new(AicModel::load(&default_model_dir(), 1).unwrap())
+}
+
+fn tone(i: usize) -> Vec<f32> {
+    (0..320)
+        .map(|k| 0.2 * ((i * 320 + k) as f32 * 0.05).sin())
+        .collect()
+}
+
+#[test]
+fn every_frame_comes_out_once_and_shutdown_drains() {
+    let m = model();
+    let p = Pipeline::start(
+        m.clone(),
+        EngineConfig {
+            max_batch: 8,
+            ..Default::default()
+        },
+    );
+    let enc: Vec<_> = (0..6)
+        .map(|_| p.open(StreamConfig::encode(4)).unwrap())
+        .collect();
+    let dec = p.open(StreamConfig::decode()).unwrap();
+    let frames = 25;
+    for t in 0..frames {
+        for s in &enc {
+            s.push_pcm(tone(t)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Everything pushed before shutdown is answered.
+    let mut coded = Vec::new();
+    for (i, s) in enc.iter().enumerate() {
+        let mut outs: Vec<_> = (0..frames)
+            .map(|_| s.outputs.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        outs.sort_by_key(|o| o.seq);
+        assert_eq!(
+            outs.iter().map(|o| o.seq).collect::<Vec<_>>(),
+            (0..frames as u64).collect::<Vec<_>>(),
+            "stream {i}"
+        );
+        if i == 0 {
+            coded = outs
+                .into_iter()
+                .filter_map(|o| {
+                    if let Payload::Aic(f) = o.payload {
+                        Some(f)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+        }
+    }
+    // Real-time decode of stream 0's frames...
+    for f in &coded[..20] {
+        dec.push_aic(Some(f.clone())).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...then a burst that stays within the per-stream queue (4), and an immediate shutdown.
+    dec.push_aic(Some(coded[20].clone())).unwrap();
+    dec.push_aic(None).unwrap(); // a lost frame is concealed, still one output
+    dec.push_aic(Some(coded[21].clone())).unwrap();
+    let metrics = p.metrics().unwrap();
+    assert_eq!(metrics.streams_opened, 7);
+    drop(enc);
+    p.shutdown();
+    let mut outs: Vec<_> = dec.outputs.try_iter().collect();
+    outs.sort_by_key(|o| o.seq);
+    assert_eq!(outs.len(), 23, "shutdown must finish queued frames");
+    assert!(matches!(outs[21].payload, Payload::Concealed(_)));
+    assert!(matches!(
+        outs[22].payload,
+        Payload::Pcm(_) | Payload::Concealed(_)
+    ));
+}
+
+struct Failing;
+impl Backend for Failing {
+    fn run(
+        &mut self,
+        _: Graph,
+        _: usize,
+        _: &[f32],
+        _: &mut [f32],
+        _: &mut [f32],
+    ) -> Result<(), PipelineError> {
+        Err(PipelineError::Inference("device lost".into()))
+    }
+}
+
+#[test]
+fn a_failing_backend_degrades_to_opus_not_silence() {
+    let m = model();
+    let p = Pipeline::with_backend(
+        m,
+        EngineConfig {
+            max_batch: 2,
+            ..Default::default()
+        },
+        Box::new(Failing),
+    );
+    let s = p.open(StreamConfig::encode(2)).unwrap();
+    for t in 0..4 {
+        s.push_pcm(tone(t)).unwrap();
+    }
+    for _ in 0..4 {
+        let o = s.outputs.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(
+            matches!(&o.payload, Payload::OpusFallback(b) if !b.is_empty()),
+            "{:?}",
+            o.payload
+        );
+    }
+    let m = p.metrics().unwrap();
+    assert_eq!(m.fallbacks, 4);
+    assert!(m.backend_errors >= 1);
+    assert_eq!(
+        m.last_backend_error.as_deref(),
+        Some("inference failed: device lost")
+    );
+}

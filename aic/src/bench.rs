@@ -311,7 +311,7 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
     })
 }
 
-fn cpu_name() -> String {
+pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -3,6 +3,7 @@
 mod audio;
 mod bench;
 mod external;
+mod load;
 mod plot;
 mod transcode;
 
@@ -57,23 +58,58 @@ enum Cmd {
         #[arg(long)]
         lenient: bool,
     },
-    /// Compare codecs on speech: bitrate, quality, speed, latency.
-    Bench {
-        /// WAV files or directories of WAV files.
-        #[arg(required = true)]
-        inputs: Vec<PathBuf>,
-        /// Comma-separated codecs and points, e.g. `opus@6k,opus-osce,aic@L2` (default: all).
+    /// Compare codecs on speech: bitrate, quality, speed, latency (`aic bench load`: the
+    /// many-stream pipeline).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    sub: Option<BenchSub>,
+    /// WAV files or directories of WAV files.
+    inputs: Vec<PathBuf>,
+    /// Comma-separated codecs and points, e.g. `opus@6k,opus-osce,aic@L2,codec2@3200` (default: all).
+    #[arg(long)]
+    codecs: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the rate–quality plot (SVG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Skip the optional Python evaluator (PESQ-WB, ViSQOL).
+    #[arg(long)]
+    no_external: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchSub {
+    /// Many real-time streams through the batched pipeline: latency, batching, fallbacks, CPU.
+    Load {
+        /// Streams per direction.
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        /// Seconds of real time per run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, value_enum, default_value_t = load::Mode::Both)]
+        mode: load::Mode,
+        /// AIC level of the encode streams.
+        #[arg(long, default_value_t = 6)]
+        level: u8,
+        /// Latency budget per frame, ms (arrival to output).
+        #[arg(long, default_value_t = 40)]
+        budget_ms: u64,
+        /// Find the largest stream count held in real time instead of one run.
         #[arg(long)]
-        codecs: Option<String>,
-        /// Write the JSON report here.
+        sweep: bool,
+        /// Speech clips the streams loop over (default: the shipped fixtures).
+        #[arg(long)]
+        clips: Option<PathBuf>,
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Write the rate–quality plot (SVG) here.
-        #[arg(long)]
-        plot: Option<PathBuf>,
-        /// Skip the optional Python evaluator (PESQ-WB, ViSQOL).
-        #[arg(long)]
-        no_external: bool,
     },
 }
 
@@ -96,6 +132,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let reg = registry(cli.model.as_deref());
+    let model_dir = cli.model.clone();
     match cli.cmd {
         Cmd::Codecs => {
             for d in reg.iter() {
@@ -176,13 +213,58 @@ fn run(cli: Cli) -> Result<()> {
                 d.concealed
             );
         }
-        Cmd::Bench {
+        Cmd::Bench(BenchArgs {
+            sub:
+                Some(BenchSub::Load {
+                    streams,
+                    duration,
+                    mode,
+                    level,
+                    budget_ms,
+                    sweep,
+                    clips,
+                    json,
+                }),
+            ..
+        }) => {
+            if streams == 0 || streams > 512 {
+                bail!("--streams {streams} not in 1..=512");
+            }
+            if !(0.5..=600.0).contains(&duration) {
+                bail!("--duration {duration} not in 0.5..=600 seconds");
+            }
+            let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
+            let clips = clips.unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
+            });
+            let opts = load::Options {
+                streams,
+                duration: std::time::Duration::from_secs_f64(duration),
+                level,
+                mode,
+                budget: std::time::Duration::from_millis(budget_ms),
+                sweep,
+                clips,
+            };
+            let rep = load::run(&dir, &opts)?;
+            print!("{}", load::table(&rep));
+            if let Some(p) = &json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                eprintln!("report: {}", p.display());
+            }
+        }
+        Cmd::Bench(BenchArgs {
+            sub: None,
             inputs,
             codecs,
             json,
             plot,
             no_external,
-        } => {
+        }) => {
+            if inputs.is_empty() {
+                bail!("aic bench needs WAV files or directories (or `aic bench load`)");
+            }
             let opts = bench::Options {
                 inputs,
                 codecs,

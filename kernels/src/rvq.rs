@@ -85,13 +85,7 @@ impl Codebooks {
             let norms = &self.norms[book * self.size..(book + 1) * self.size];
             let mut best = (f32::INFINITY, 0usize);
             for (j, &n) in norms.iter().enumerate() {
-                let dot: f32 = self
-                    .codeword(book, j)
-                    .iter()
-                    .zip(residual.iter())
-                    .map(|(c, r)| c * r)
-                    .sum();
-                let d = n - 2.0 * dot;
+                let d = n - 2.0 * dot(self.codeword(book, j), residual);
                 if d < best.0 {
                     best = (d, j);
                 }
@@ -131,6 +125,26 @@ impl Codebooks {
     }
 }
 
+/// Dot product with 8 independent partial sums, so the compiler can vectorise it (a single
+/// running sum is a strict sequential dependency for floats).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Batches smaller than this use the row-by-row search; a matrix product only pays off with
+/// enough rows to amortise its packing.
+const GEMM_MIN_BATCH: usize = 4;
+
 /// Reusable buffers for [`Codebooks::encode_batch`] (sized on first use, then kept).
 #[derive(Debug, Default)]
 pub struct BatchScratch {
@@ -152,7 +166,10 @@ impl Codebooks {
         scratch: &mut BatchScratch,
     ) -> Result<(), KernelError> {
         let (d, n) = (self.dim, self.size);
-        if latents.len() != batch * d || indices.len() != batch * levels || levels > self.num_codebooks {
+        if latents.len() != batch * d
+            || indices.len() != batch * levels
+            || levels > self.num_codebooks
+        {
             return Err(KernelError::Shape(format!(
                 "latents {} for [{batch}, {d}], indices {} for [{batch}, {levels}] (have {} codebooks)",
                 latents.len(),
@@ -160,12 +177,26 @@ impl Codebooks {
                 self.num_codebooks
             )));
         }
+        if batch < GEMM_MIN_BATCH {
+            scratch.residual.resize(d, 0.0);
+            for b in 0..batch {
+                self.encode(
+                    &latents[b * d..(b + 1) * d],
+                    &mut indices[b * levels..(b + 1) * levels],
+                    &mut scratch.residual,
+                )?;
+            }
+            return Ok(());
+        }
         scratch.residual.clear();
         scratch.residual.extend_from_slice(latents);
         scratch.dots.resize(batch * n, 0.0);
         for book in 0..levels {
-            let cb = ndarray::ArrayView2::from_shape((n, d), &self.data[book * n * d..(book + 1) * n * d])
-                .map_err(|e| KernelError::Shape(e.to_string()))?;
+            let cb = ndarray::ArrayView2::from_shape(
+                (n, d),
+                &self.data[book * n * d..(book + 1) * n * d],
+            )
+            .map_err(|e| KernelError::Shape(e.to_string()))?;
             let r = ndarray::ArrayView2::from_shape((batch, d), &scratch.residual[..])
                 .map_err(|e| KernelError::Shape(e.to_string()))?;
             let mut dots = ndarray::ArrayViewMut2::from_shape((batch, n), &mut scratch.dots[..])

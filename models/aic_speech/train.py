@@ -6,6 +6,7 @@ optimizer, step, RNG states) is checkpointed every few minutes and on SIGTERM
 to $AIC_TRAIN_DIR/ckpt_last.pt; ``--resume`` continues from it.
 
 Usage (from models/):  python -m aic_speech.train --config train_config.toml [--resume]
+                                                        [--init-from checkpoints/aic-speech-v1.pt]
 """
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--config", required=True)
     ap.add_argument("--resume", action="store_true", help="continue from ckpt_last.pt if present")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    ap.add_argument("--init-from", default=None,
+                    help="when no ckpt_last.pt exists: start from this (slim) checkpoint's weights and step")
     args = ap.parse_args(argv)
 
     with open(args.config, "rb") as f:
@@ -130,6 +133,11 @@ def main(argv=None):
         sampler.rng.bit_generator.state = ck["rng"]["numpy"]
         random.setstate(ck["rng"]["python"])
         say(f"resumed from {ckpt_path} at step {step}")
+    elif args.init_from:
+        ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+        step = int(ck["step"])
+        say(f"initialised from {args.init_from} at step {step} (fresh optimizer)")
     say(f"corpus {root}: {sampler.minutes:.1f} min train, {len(clips)} valid clips; "
         f"params enc={count_params(model.encoder)} dec={count_params(model.decoder)}")
 

@@ -1,0 +1,33 @@
+"""Writes a small weights-only checkpoint that can be committed and trained on from.
+
+    python -m aic_speech.slim --ckpt /root/aic-train/ckpt_last.pt --out checkpoints/aic-speech-v1.pt
+
+Network weights are stored in float16 (the RVQ codebooks and their EMA statistics stay float32:
+they define the bitstream); the optimizer state is dropped. `train --init-from` continues from
+it on a machine that has no `ckpt_last.pt` (a new session's machine), with a fresh optimizer.
+"""
+
+import argparse
+import os
+
+import torch
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    ck = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    slim = {}
+    for k, v in ck["model"].items():
+        if v.is_floating_point() and not k.startswith("rvq."):
+            v = v.half()
+        slim[k] = v
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    torch.save({"model": slim, "step": int(ck["step"]), "config": ck["config"], "slim": True}, args.out)
+    print(f"{args.out}: step {ck['step']}, {os.path.getsize(args.out) / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -13,5 +13,7 @@ echo "== tests (unit, property, integration; benches run once in test mode)" >&2
 cargo test --workspace --all-targets --locked
 echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
 cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked
+echo "== fuzz targets still compile (run them: cd fuzz && cargo +nightly fuzz run aic_frame)" >&2
+cargo check --manifest-path fuzz/Cargo.toml --locked
 echo "== doc tests" >&2
 cargo test --workspace --doc --locked

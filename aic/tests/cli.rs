@@ -275,3 +275,61 @@ fn bench_writes_table_json_and_plot() {
         "plot lacks the series"
     );
 }
+
+#[test]
+fn aic_roundtrip_through_the_container_and_corruption_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("en_espeak.wav");
+    let coded = dir.path().join("x.aic");
+    let out = dir.path().join("x.wav");
+    let o = aic(&[
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        coded.to_str().unwrap(),
+        "--codec",
+        "aic",
+        "--level",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = aic(&[
+        "decode",
+        coded.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (x, _) = read_wav(&input);
+    let (y, sr) = read_wav(&out);
+    assert_eq!((sr, y.len()), (16_000, x.len()));
+    // Level 2: about 2 kbps of frames (plus the container's 2-byte prefixes).
+    let bytes = std::fs::read(&coded).unwrap();
+    let kbps = bytes.len() as f64 * 8.0 / (x.len() as f64 / 16_000.0) / 1000.0;
+    assert!(kbps < 3.5, "{kbps} kbps at level 2");
+    // Damage one frame's payload: the CRC catches it, decode fails with a clear line...
+    let mut bad = bytes.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 0x40;
+    std::fs::write(&coded, &bad).unwrap();
+    assert_clean_failure(
+        &aic(&[
+            "decode",
+            coded.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "integrity check failed",
+    );
+    // ...or is concealed with --lenient, keeping the full length.
+    let o = aic(&[
+        "decode",
+        "--lenient",
+        coded.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_wav(&out).0.len(), x.len());
+    assert!(stderr(&o).contains("concealed"));
+}

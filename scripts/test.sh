@@ -5,15 +5,21 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | sort | tail -n1)}"
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 echo "== rustfmt" >&2
 cargo fmt --all -- --check
 echo "== clippy (all targets, warnings are errors)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== tests (unit, property, integration; benches run once in test mode)" >&2
-cargo test --workspace --all-targets --locked
-echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
-cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked
 echo "== fuzz targets still compile (run them: cd fuzz && cargo +nightly fuzz run aic_frame)" >&2
 cargo check --manifest-path fuzz/Cargo.toml --locked
-echo "== doc tests" >&2
-cargo test --workspace --doc --locked
+echo "== tests (unit, property, integration, doc; benches run once in test mode)" >&2
+cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
+cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
+echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
+cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked 2>&1 | tee -a "$log"
+
+# One closing line for the whole suite (cargo prints one result line per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0) }' "$log"

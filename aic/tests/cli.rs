@@ -333,3 +333,48 @@ fn aic_roundtrip_through_the_container_and_corruption_is_caught() {
     assert_eq!(read_wav(&out).0.len(), x.len());
     assert!(stderr(&o).contains("concealed"));
 }
+
+#[test]
+fn bench_load_runs_real_streams_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("load.json");
+    let o = aic(&[
+        "bench",
+        "load",
+        "--streams",
+        "3",
+        "--duration",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("p99 ms") && table.contains("pipeline efficiency"),
+        "{table}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let run = &r["run"];
+    // 3 encode + 3 decode streams for 50 frames: every frame is answered or counted as dropped.
+    assert_eq!(run["engine_streams"], 6);
+    assert_eq!(run["frames_pushed"], 300);
+    let out = run["frames_out"].as_u64().unwrap() + run["dropped"].as_u64().unwrap();
+    assert_eq!(out, 300, "{run}");
+    assert!(
+        run["batch_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b[0].as_u64().unwrap() >= 2),
+        "streams share calls"
+    );
+    assert!(!r["batching"].as_array().unwrap().is_empty());
+    assert!(
+        r["efficiency"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["ratio"].as_f64().unwrap() > 0.0)
+    );
+}

@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
 APT_PACKAGES=(
   cmake pkg-config build-essential   # opusic-sys builds libopus 1.6 from bundled source
+  protobuf-compiler                  # protoc for the gRPC code (proto/)
   python3 python3-venv python3-dev   # .venv for ONNX Runtime and the optional evaluator
   ffmpeg espeak-ng sox               # corpus preparation and fixture generation
 )

@@ -5,6 +5,7 @@ mod bench;
 mod external;
 mod load;
 mod plot;
+mod serve;
 mod transcode;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the gRPC codec API (EncodeStream, DecodeStream, ListModels, health, reflection).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// Pipeline slots: concurrent streams (each gRPC session is one).
+        #[arg(long, default_value_t = 64)]
+        max_streams: usize,
+    },
     /// List registered codecs and whether they can run here.
     Codecs,
     /// Encode a WAV file into a self-describing .aic file.
@@ -134,6 +143,22 @@ fn run(cli: Cli) -> Result<()> {
     let reg = registry(cli.model.as_deref());
     let model_dir = cli.model.clone();
     match cli.cmd {
+        Cmd::Serve {
+            listen,
+            max_streams,
+        } => {
+            if !(1..=1024).contains(&max_streams) {
+                bail!("--max-streams {max_streams} not in 1..=1024");
+            }
+            let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
+            serve::run(
+                &dir,
+                &serve::Options {
+                    listen,
+                    max_streams,
+                },
+            )?;
+        }
         Cmd::Codecs => {
             for d in reg.iter() {
                 let status = match d.factory.availability() {

@@ -67,7 +67,7 @@ pub struct Pipeline {
 #[derive(Debug)]
 pub struct StreamHandle {
     pub id: StreamId,
-    tx: Sender<Cmd>,
+    sender: StreamSender,
     pub outputs: Receiver<Output>,
 }
 
@@ -75,7 +75,15 @@ pub struct StreamHandle {
 #[error("the pipeline has shut down")]
 pub struct Closed;
 
-impl StreamHandle {
+/// The pushing half of a [`StreamHandle`] (see [`StreamHandle::split`]). Dropping it ends the
+/// stream once the frames already pushed have come out.
+#[derive(Debug)]
+pub struct StreamSender {
+    pub id: StreamId,
+    tx: Sender<Cmd>,
+}
+
+impl StreamSender {
     pub fn push_pcm(&self, pcm: Vec<f32>) -> Result<(), Closed> {
         self.tx
             .send(Cmd::Pcm(self.id, Instant::now(), pcm))
@@ -88,9 +96,23 @@ impl StreamHandle {
     }
 }
 
-impl Drop for StreamHandle {
+impl Drop for StreamSender {
     fn drop(&mut self) {
         let _ = self.tx.send(Cmd::Close(self.id));
+    }
+}
+
+impl StreamHandle {
+    pub fn push_pcm(&self, pcm: Vec<f32>) -> Result<(), Closed> {
+        self.sender.push_pcm(pcm)
+    }
+    pub fn push_aic(&self, frame: Option<Vec<u8>>) -> Result<(), Closed> {
+        self.sender.push_aic(frame)
+    }
+    /// Separates pushing from receiving, for callers that do them on different threads. The
+    /// receiver ends (returns `Err`) once the stream is closed and drained.
+    pub fn split(self) -> (StreamSender, Receiver<Output>) {
+        (self.sender, self.outputs)
     }
 }
 
@@ -134,7 +156,10 @@ impl Pipeline {
         let id = rrx.recv().map_err(|_| shut)??;
         Ok(StreamHandle {
             id,
-            tx: self.tx.clone(),
+            sender: StreamSender {
+                id,
+                tx: self.tx.clone(),
+            },
             outputs: orx,
         })
     }

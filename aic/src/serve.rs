@@ -1,0 +1,452 @@
+//! `aic serve`: the gRPC codec API (`proto/aic/v1/codec.proto`) over the batched pipeline.
+//!
+//! Every gRPC session is one pipeline stream, so concurrent sessions share model calls. The
+//! async side only parses, converts sample rates and forwards: pushing into the pipeline never
+//! blocks, and each session's outputs are forwarded by a blocking task. One session's bad input
+//! ends that session with a `Status`; the others never notice.
+//!
+//! In this build: `EncodeStream`, `DecodeStream`, `ListModels`, the standard health service and
+//! server reflection. Not yet: unary `Encode`/`Decode`, `Hints`, API keys and the control
+//! sidecar, Prometheus metrics, config files.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aic_codec::resample::FrameResampler;
+use aic_pipeline::driver::{Pipeline, StreamSender};
+use aic_pipeline::engine::{EngineConfig, EngineError, Output, Payload, StreamConfig};
+use aic_pipeline::model::AicModel;
+use aic_proto::v1::codec_service_server::{CodecService, CodecServiceServer};
+use aic_proto::v1::{
+    DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, Level, ListModelsRequest,
+    ListModelsResponse, ModelInfo, decode_request, encode_request, encode_response,
+};
+use anyhow::{Context, Result};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+const DEFAULT_BUDGET_MS: u32 = 40;
+/// Frames a session may have on their way back to the client before the forwarder waits.
+const RESPONSE_QUEUE: usize = 64;
+/// Frames a session may have inside the pipeline. The session stops reading its request stream
+/// at this many (HTTP/2 flow control then slows the client), so a client sending faster than
+/// real time is paced instead of overflowing the pipeline's bounded per-stream queue (4).
+const IN_FLIGHT: usize = 3;
+
+pub struct Options {
+    pub listen: SocketAddr,
+    pub max_streams: usize,
+}
+
+type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct Svc {
+    pipeline: Arc<Pipeline>,
+    model: Arc<AicModel>,
+}
+
+fn pcm_from_s16le(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(2)
+        .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32768.0)
+        .collect()
+}
+
+fn s16le_from_pcm(p: &[f32]) -> Vec<u8> {
+    p.iter()
+        .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
+        .collect()
+}
+
+fn check_rate(rate: u32) -> Result<(), Status> {
+    match rate {
+        16_000 | 48_000 => Ok(()),
+        r => Err(Status::invalid_argument(format!(
+            "sample_rate {r} not supported (16000 or 48000)"
+        ))),
+    }
+}
+
+fn budget(ms: u32) -> Result<Duration, Status> {
+    match ms {
+        0 => Ok(Duration::from_millis(u64::from(DEFAULT_BUDGET_MS))),
+        20..=1000 => Ok(Duration::from_millis(u64::from(ms))),
+        _ => Err(Status::invalid_argument(format!(
+            "latency_budget_ms {ms} not in 20..=1000 (0 = default)"
+        ))),
+    }
+}
+
+fn open_error(e: EngineError) -> Status {
+    match e {
+        EngineError::Full(n) => {
+            Status::resource_exhausted(format!("all {n} pipeline slots are in use; retry later"))
+        }
+        EngineError::Level { .. } => Status::invalid_argument(e.to_string()),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
+/// Forwards one stream's pipeline outputs to its gRPC response channel until either side ends.
+fn forward<T: Send + 'static>(
+    outputs: std::sync::mpsc::Receiver<Output>,
+    tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
+    credits: Arc<tokio::sync::Semaphore>,
+    mut convert: impl FnMut(Output) -> Result<T, Status> + Send + 'static,
+) {
+    tokio::task::spawn_blocking(move || {
+        while let Ok(o) = outputs.recv() {
+            credits.add_permits(1);
+            if tx.blocking_send(convert(o)).is_err() {
+                break; // the client went away; dropping `outputs` is enough
+            }
+        }
+    });
+}
+
+#[tonic::async_trait]
+impl CodecService for Svc {
+    type EncodeStreamStream = RespStream<EncodeResponse>;
+    type DecodeStreamStream = RespStream<DecodeResponse>;
+
+    async fn encode_stream(
+        &self,
+        req: Request<Streaming<EncodeRequest>>,
+    ) -> Result<Response<Self::EncodeStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty stream: the first message must be `open`")
+        })?;
+        let Some(encode_request::Msg::Open(open)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be `open`"));
+        };
+        if open.codec != "aic" {
+            return Err(Status::invalid_argument(format!(
+                "codec {:?} not served (\"aic\")",
+                open.codec
+            )));
+        }
+        check_rate(open.sample_rate)?;
+        let k = self.model.manifest.num_codebooks as u32;
+        let level = if open.level == 0 {
+            *self.model.manifest.levels.last().unwrap_or(&1) as u32
+        } else {
+            open.level
+        };
+        if level > k {
+            return Err(Status::invalid_argument(format!(
+                "level {level} not in 1..={k}"
+            )));
+        }
+        let mut cfg = StreamConfig::encode(level as u8);
+        cfg.budget = budget(open.latency_budget_ms)?;
+        let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let frame_in = (open.sample_rate / 50) as usize;
+        let mut resampler = if open.sample_rate == 16_000 {
+            None
+        } else {
+            Some(
+                FrameResampler::new(open.sample_rate, 16_000, frame_in)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_QUEUE);
+        let credits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let reader_credits = credits.clone();
+        forward(outputs, tx.clone(), credits, |o: Output| {
+            let frame = match o.payload {
+                Payload::Aic(b) => encode_response::Frame::Aic(b),
+                Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
+                other => {
+                    return Err(Status::internal(format!(
+                        "unexpected pipeline output {other:?}"
+                    )));
+                }
+            };
+            Ok(EncodeResponse {
+                seq: o.seq,
+                frame: Some(frame),
+                server_latency_us: o.latency.as_micros() as u32,
+            })
+        });
+        tokio::spawn(async move {
+            let sender: StreamSender = sender;
+            let mut mid = Vec::with_capacity(320);
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => break, // end of input or the client vanished
+                };
+                let bytes = match msg.msg {
+                    Some(encode_request::Msg::PcmS16le(b)) => b,
+                    Some(encode_request::Msg::Open(_)) | None => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "`open` may only be the first message",
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                if bytes.len() != 2 * frame_in {
+                    let why = format!(
+                        "pcm_s16le has {} bytes; one 20 ms frame at this rate is {}",
+                        bytes.len(),
+                        2 * frame_in
+                    );
+                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                    break;
+                }
+                let pcm = pcm_from_s16le(&bytes);
+                let pcm = match resampler.as_mut() {
+                    None => pcm,
+                    Some(r) => {
+                        if let Err(e) = r.process(&pcm, &mut mid) {
+                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                            break;
+                        }
+                        mid.clone()
+                    }
+                };
+                match reader_credits.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
+                if sender.push_pcm(pcm).is_err() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the pipeline is shutting down")))
+                        .await;
+                    break;
+                }
+            }
+            // Dropping `sender` closes the stream after its queued frames; the forwarder then
+            // ends and the response stream completes.
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn decode_stream(
+        &self,
+        req: Request<Streaming<DecodeRequest>>,
+    ) -> Result<Response<Self::DecodeStreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("empty stream: the first message must be `open`")
+        })?;
+        let Some(decode_request::Msg::Open(open)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be `open`"));
+        };
+        if open.codec != "aic" {
+            return Err(Status::invalid_argument(format!(
+                "codec {:?} not served (\"aic\")",
+                open.codec
+            )));
+        }
+        let m = &self.model.manifest;
+        if !open.model_id.is_empty() && open.model_id != m.model_id {
+            return Err(Status::failed_precondition(format!(
+                "stream was encoded with model {:?}; this server has {:?}",
+                open.model_id, m.model_id
+            )));
+        }
+        check_rate(open.sample_rate)?;
+        let mut cfg = StreamConfig::decode();
+        cfg.budget = budget(open.latency_budget_ms)?;
+        let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let mut resampler = if open.sample_rate == 16_000 {
+            None
+        } else {
+            Some(
+                FrameResampler::new(16_000, open.sample_rate, 320)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_QUEUE);
+        let credits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+        let reader_credits = credits.clone();
+        let mut up = Vec::new();
+        forward(outputs, tx.clone(), credits, move |o: Output| {
+            let (pcm, concealed) = match o.payload {
+                Payload::Pcm(p) => (p, false),
+                Payload::Concealed(p) => (p, true),
+                other => {
+                    return Err(Status::internal(format!(
+                        "unexpected pipeline output {other:?}"
+                    )));
+                }
+            };
+            let pcm = match resampler.as_mut() {
+                None => pcm,
+                Some(r) => {
+                    r.process(&pcm, &mut up)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    up.clone()
+                }
+            };
+            Ok(DecodeResponse {
+                seq: o.seq,
+                pcm_s16le: s16le_from_pcm(&pcm),
+                concealed,
+                server_latency_us: o.latency.as_micros() as u32,
+            })
+        });
+        let max = aic_codec::bitstream::frame::MAX_FRAME_BYTES;
+        tokio::spawn(async move {
+            let sender: StreamSender = sender;
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => break,
+                };
+                let frame = match msg.msg {
+                    Some(decode_request::Msg::Aic(b)) => b,
+                    Some(decode_request::Msg::Open(_)) | None => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "`open` may only be the first message",
+                            )))
+                            .await;
+                        break;
+                    }
+                };
+                if frame.len() > max {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(format!(
+                            "AIC frame of {} bytes exceeds {max}",
+                            frame.len()
+                        ))))
+                        .await;
+                    break;
+                }
+                // A corrupt frame is not a protocol error: the pipeline conceals it.
+                let frame = (!frame.is_empty()).then_some(frame);
+                match reader_credits.acquire().await {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
+                if sender.push_aic(frame).is_err() {
+                    let _ = tx
+                        .send(Err(Status::unavailable("the pipeline is shutting down")))
+                        .await;
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let m = &self.model.manifest;
+        Ok(Response::new(ListModelsResponse {
+            models: vec![ModelInfo {
+                model_id: m.model_id.clone(),
+                model_version: m.model_version.clone(),
+                sample_rate: m.sample_rate,
+                frame_ms: (m.frame_samples as u32 * 1000) / m.sample_rate,
+                algorithmic_latency_ms: (m.frame_samples + m.decoder_delay_samples) as f64 * 1000.0
+                    / f64::from(m.sample_rate),
+                levels: m
+                    .levels
+                    .iter()
+                    .map(|&l| Level {
+                        level: u32::from(l),
+                        bitrate_kbps: expected_kbps(&self.model, l),
+                    })
+                    .collect(),
+            }],
+        }))
+    }
+}
+
+/// Expected bitrate of a level from the model's code statistics: the entropy of each sent
+/// codebook's symbol distribution, plus the 16-bit frame header and about one byte of range-coder
+/// termination per frame, at 50 frames/s.
+fn expected_kbps(model: &AicModel, level: u8) -> f64 {
+    let bits: f64 = model.manifest.entropy.frequencies[..usize::from(level)]
+        .iter()
+        .map(|f| {
+            let total: f64 = f.iter().map(|&x| f64::from(x)).sum();
+            f.iter()
+                .map(|&x| f64::from(x) / total)
+                .map(|p| -p * p.log2())
+                .sum::<f64>()
+        })
+        .sum();
+    (16.0 + bits + 6.0) * 50.0 / 1000.0
+}
+
+pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
+    let model = Arc::new(AicModel::load(model_dir, 1).context("loading the AIC model")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let pipeline = Arc::new(Pipeline::start(
+            model.clone(),
+            EngineConfig {
+                max_batch: opts.max_streams,
+                ..Default::default()
+            },
+        ));
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<CodecServiceServer<Svc>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aic_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let listener = tokio::net::TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        let addr = listener.local_addr()?;
+        // The first line on stderr names the address (tests and scripts read it; port 0 works).
+        eprintln!(
+            "aic serve: listening on {addr} (model {} {}, {} slots)",
+            model.manifest.model_id, model.manifest.model_version, opts.max_streams
+        );
+        let svc = Svc {
+            pipeline: pipeline.clone(),
+            model,
+        };
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(CodecServiceServer::new(svc))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown_signal(),
+            )
+            .await
+            .context("gRPC server")?;
+        eprintln!("aic serve: shutting down, finishing in-flight frames");
+        drop(pipeline); // joins the worker after queued frames are done
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,302 @@
+//! End to end: the real `aic serve` process on loopback, driven by the generated tonic client.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use aic_proto::v1::codec_service_client::CodecServiceClient;
+use aic_proto::v1::{
+    DecodeOpen, DecodeRequest, EncodeOpen, EncodeRequest, ListModelsRequest, decode_request,
+    encode_request, encode_response,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(max_streams: usize) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-streams",
+                &max_streams.to_string(),
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start aic serve");
+        let mut line = String::new();
+        BufReader::new(child.stderr.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        Self {
+            addr: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    async fn client(&self) -> CodecServiceClient<Channel> {
+        CodecServiceClient::connect(self.addr.clone())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn speech_s16le(frames: usize, rate: u32) -> Vec<Vec<u8>> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../datasets/fixtures/speech/en_f_confbridge.wav");
+    let mut r = hound::WavReader::open(p).unwrap();
+    let x: Vec<i16> = r.samples::<i16>().map(|s| s.unwrap()).collect();
+    let up = (rate / 16_000) as usize;
+    let n = 320 * up;
+    (0..frames)
+        .map(|f| {
+            (0..n)
+                .flat_map(|i| x[f * 320 + i / up].to_le_bytes())
+                .collect()
+        })
+        .collect()
+}
+
+fn enc_open(level: u32, rate: u32) -> EncodeRequest {
+    EncodeRequest {
+        msg: Some(encode_request::Msg::Open(EncodeOpen {
+            codec: "aic".into(),
+            level,
+            sample_rate: rate,
+            latency_budget_ms: 0,
+        })),
+    }
+}
+
+fn pcm(b: Vec<u8>) -> EncodeRequest {
+    EncodeRequest {
+        msg: Some(encode_request::Msg::PcmS16le(b)),
+    }
+}
+
+/// Runs one encode session to completion; returns the AIC (or Opus-fallback) frames in order.
+async fn encode_session(
+    c: &mut CodecServiceClient<Channel>,
+    level: u32,
+    rate: u32,
+    frames: usize,
+) -> Vec<encode_response::Frame> {
+    let mut reqs = vec![enc_open(level, rate)];
+    reqs.extend(speech_s16le(frames, rate).into_iter().map(pcm));
+    let mut out: Vec<_> = c
+        .encode_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    out.sort_by_key(|r| r.seq);
+    assert_eq!(
+        out.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (0..frames as u64).collect::<Vec<_>>()
+    );
+    out.into_iter().map(|r| r.frame.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_and_decode_sessions_at_16_and_48_khz() {
+    let s = Server::start(8);
+    let mut c = s.client().await;
+    let models = c
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].levels.len(), 8);
+    assert!(
+        models[0]
+            .levels
+            .windows(2)
+            .all(|w| w[0].bitrate_kbps < w[1].bitrate_kbps)
+    );
+
+    let frames = encode_session(&mut c, 4, 16_000, 50).await;
+    let aic: Vec<Vec<u8>> = frames
+        .iter()
+        .filter_map(|f| {
+            if let encode_response::Frame::Aic(b) = f {
+                Some(b.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert!(
+        aic.len() >= 40,
+        "most frames go through the model ({} of 50)",
+        aic.len()
+    );
+    assert_eq!(encode_session(&mut c, 2, 48_000, 30).await.len(), 30);
+
+    for rate in [16_000u32, 48_000] {
+        let mut reqs = vec![DecodeRequest {
+            msg: Some(decode_request::Msg::Open(DecodeOpen {
+                codec: "aic".into(),
+                model_id: models[0].model_id.clone(),
+                sample_rate: rate,
+                latency_budget_ms: 0,
+            })),
+        }];
+        reqs.extend(aic.iter().map(|b| DecodeRequest {
+            msg: Some(decode_request::Msg::Aic(b.clone())),
+        }));
+        reqs.push(DecodeRequest {
+            msg: Some(decode_request::Msg::Aic(Vec::new())),
+        }); // lost frame
+        let out: Vec<_> = c
+            .decode_stream(tokio_stream::iter(reqs))
+            .await
+            .unwrap()
+            .into_inner()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap();
+        assert_eq!(out.len(), aic.len() + 1);
+        let want = 2 * 320 * (rate / 16_000) as usize;
+        assert!(
+            out.iter().all(|r| r.pcm_s16le.len() == want),
+            "{rate} Hz frames are {want} bytes"
+        );
+        assert!(
+            out.iter()
+                .find(|r| r.seq == aic.len() as u64)
+                .unwrap()
+                .concealed
+        );
+    }
+
+    let channel = Channel::from_shared(s.addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let st = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "aic.v1.CodecService".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        st.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sessions_get_clear_statuses_and_do_not_disturb_others() {
+    let s = Server::start(2);
+    let mut c = s.client().await;
+    // First message not `open`.
+    let e = c
+        .encode_stream(tokio_stream::iter(vec![pcm(vec![0; 640])]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Bad parameters.
+    for (level, rate) in [(99, 16_000), (2, 44_100)] {
+        let e = c
+            .encode_stream(tokio_stream::iter(vec![enc_open(level, rate)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    }
+    // A good session held open while bad ones come and go.
+    let (good_tx, good_rx) = mpsc::channel(64);
+    good_tx.send(enc_open(4, 16_000)).await.unwrap();
+    let mut good = c
+        .encode_stream(ReceiverStream::new(good_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let speech = speech_s16le(20, 16_000);
+    for f in &speech[..10] {
+        good_tx.send(pcm(f.clone())).await.unwrap();
+    }
+    // A frame of the wrong size ends only its own session, with INVALID_ARGUMENT.
+    let mut c2 = s.client().await;
+    let mut bad = c2
+        .encode_stream(tokio_stream::iter(vec![
+            enc_open(4, 16_000),
+            pcm(speech[0].clone()),
+            pcm(vec![0; 100]),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut saw = None;
+    while let Some(r) = bad.next().await {
+        if let Err(e) = r {
+            saw = Some(e.code());
+        }
+    }
+    assert_eq!(saw, Some(Code::InvalidArgument));
+    // A client that vanishes mid-stream: the server cleans up and keeps serving.
+    {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(enc_open(4, 16_000)).await.unwrap();
+        tx.send(pcm(speech[0].clone())).await.unwrap();
+        let mut c3 = s.client().await;
+        let _resp = c3.encode_stream(ReceiverStream::new(rx)).await.unwrap();
+        drop(tx);
+        drop(c3);
+    }
+    // With 2 slots, one held by `good`: after the others end a new session still fits...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(encode_session(&mut c2, 2, 16_000, 5).await.len(), 5);
+    // ...and a third concurrent one is refused with RESOURCE_EXHAUSTED.
+    let (hold_tx, hold_rx) = mpsc::channel(8);
+    hold_tx.send(enc_open(2, 16_000)).await.unwrap();
+    let _hold = c2
+        .encode_stream(ReceiverStream::new(hold_rx))
+        .await
+        .unwrap();
+    let e = s
+        .client()
+        .await
+        .encode_stream(tokio_stream::iter(vec![enc_open(2, 16_000)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    // The long-lived session got every frame answered.
+    for f in &speech[10..] {
+        good_tx.send(pcm(f.clone())).await.unwrap();
+    }
+    drop(good_tx);
+    let mut n = 0;
+    while let Some(r) = good.next().await {
+        r.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 20);
+}

@@ -173,9 +173,11 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
     if n == 0 { f64::NAN } else { s / n as f64 }
 }
 
+/// Mean over the clips where the metric is defined. Whether STOI is defined depends on the
+/// reference alone (enough non-silent frames), so every codec is averaged over the same clips.
 fn mean_opt(v: &[Option<f64>]) -> Option<f64> {
     let xs: Vec<f64> = v.iter().flatten().copied().collect();
-    (!xs.is_empty() && xs.len() == v.len()).then(|| mean(xs.into_iter()))
+    (!xs.is_empty()).then(|| mean(xs.into_iter()))
 }
 
 pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
@@ -295,6 +297,13 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             ev.pairs.len()
         );
         ev.finish(&mut rows, &mut notes);
+    }
+    let short = clips
+        .iter()
+        .filter(|c| metrics::stoi(&c.pcm16k, &c.pcm16k, EVAL_RATE).is_err())
+        .count();
+    if short > 0 {
+        notes.push(format!("{short} of {} clips are too short for STOI (< 30 non-silent frames): STOI averages the others", clips.len()));
     }
     if rows.iter().any(|r| r.stoi.is_none()) {
         notes.push(

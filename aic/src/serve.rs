@@ -18,11 +18,13 @@ use std::time::Duration;
 use aic_codec::resample::FrameResampler;
 use aic_pipeline::driver::{Pipeline, StreamSender};
 use aic_pipeline::engine::{EngineConfig, EngineError, Output, Payload, StreamConfig};
+use aic_pipeline::hints::{Mode, NetState, RateQualityTable};
 use aic_pipeline::model::AicModel;
 use aic_proto::v1::codec_service_server::{CodecService, CodecServiceServer};
 use aic_proto::v1::{
-    DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, Level, ListModelsRequest,
-    ListModelsResponse, ModelInfo, decode_request, encode_request, encode_response,
+    DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, HintMode, HintsRequest,
+    HintsResponse, Level, ListModelsRequest, ListModelsResponse, ModelInfo, decode_request,
+    encode_request, encode_response,
 };
 use anyhow::{Context, Result};
 use tokio_stream::Stream;
@@ -46,6 +48,8 @@ type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 struct Svc {
     pipeline: Arc<Pipeline>,
     model: Arc<AicModel>,
+    /// The model's measured rate–quality table (`rate_quality.json` beside the manifest).
+    table: Result<RateQualityTable, String>,
 }
 
 fn pcm_from_s16le(b: &[u8]) -> Vec<f32> {
@@ -341,6 +345,38 @@ impl CodecService for Svc {
         )))
     }
 
+    async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
+        let r = req.into_inner();
+        let table = self
+            .table
+            .as_ref()
+            .map_err(|why| Status::failed_precondition(why.clone()))?;
+        let mode = match HintMode::try_from(r.mode) {
+            Ok(HintMode::Conservative) => Mode::Conservative,
+            Ok(HintMode::Aggressive) => Mode::Aggressive,
+            Ok(HintMode::Adaptive | HintMode::Unspecified) => Mode::Adaptive,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", r.mode))),
+        };
+        let net = NetState {
+            bandwidth_kbps: r.bandwidth_kbps,
+            loss: r.loss,
+            rtt_ms: r.rtt_ms,
+            jitter_ms: r.jitter_ms,
+        };
+        let h = table
+            .hint(&net, mode)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(HintsResponse {
+            use_aic: h.use_aic,
+            level: u32::from(h.level),
+            bitrate_kbps: h.bitrate_kbps,
+            expected_stoi: h.expected.stoi,
+            expected_pesq_wb: h.expected.pesq_wb,
+            expected_visqol: h.expected.visqol,
+            reason: h.reason,
+        }))
+    }
+
     async fn list_models(
         &self,
         _: Request<ListModelsRequest>,
@@ -416,9 +452,25 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
             "aic serve: listening on {addr} (model {} {}, {} slots)",
             model.manifest.model_id, model.manifest.model_version, opts.max_streams
         );
+        let table_path = model_dir.join("rate_quality.json");
+        let table = std::fs::read_to_string(&table_path)
+            .map_err(|e| {
+                format!(
+                    "no measured rate-quality table ({}: {e})",
+                    table_path.display()
+                )
+            })
+            .and_then(|t| {
+                RateQualityTable::from_json(&t)
+                    .map_err(|e| format!("{}: {e}", table_path.display()))
+            });
+        if let Err(why) = &table {
+            eprintln!("aic serve: Hints unavailable: {why}");
+        }
         let svc = Svc {
             pipeline: pipeline.clone(),
             model,
+            table,
         };
         tonic::transport::Server::builder()
             .add_service(health)

@@ -300,3 +300,42 @@ async fn bad_sessions_get_clear_statuses_and_do_not_disturb_others() {
     }
     assert_eq!(n, 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_come_from_the_measured_table() {
+    use aic_proto::v1::{HintMode, HintsRequest};
+    let s = Server::start(2);
+    let mut c = s.client().await;
+    let ask = |kbps: f64, loss: f64, mode: HintMode| HintsRequest {
+        bandwidth_kbps: kbps,
+        loss,
+        rtt_ms: 40.0,
+        jitter_ms: 5.0,
+        mode: mode as i32,
+    };
+    let low = c
+        .hints(ask(3.0, 0.0, HintMode::Adaptive))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(low.use_aic && low.level >= 1, "{low:?}");
+    assert!(low.bitrate_kbps <= 3.0, "{low:?}");
+    assert!(low.expected_stoi.is_some());
+    let lossy = c
+        .hints(ask(3.0, 0.3, HintMode::Adaptive))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(lossy.bitrate_kbps <= low.bitrate_kbps, "{lossy:?}");
+    let wide = c
+        .hints(ask(64.0, 0.0, HintMode::Conservative))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(wide.bitrate_kbps > low.bitrate_kbps, "{wide:?}");
+    let e = c
+        .hints(ask(-1.0, 0.0, HintMode::Adaptive))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}

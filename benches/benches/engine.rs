@@ -73,4 +73,35 @@ fn bench_engine(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench_engine);
-criterion_main!(benches);
+
+fn bench_hints(c: &mut Criterion) {
+    use aic_pipeline::hints::{Mode, NetState, RateQualityTable};
+    let path = default_model_dir().join("rate_quality.json");
+    let table = RateQualityTable::from_json(
+        &std::fs::read_to_string(path).expect("rate_quality.json ships with the model"),
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("hints");
+    g.throughput(Throughput::Elements(1));
+    let mut k = 0.0f64;
+    g.bench_function("hint", |b| {
+        b.iter(|| {
+            k = (k + 0.37) % 40.0;
+            table
+                .hint(
+                    &NetState {
+                        bandwidth_kbps: 1.0 + k,
+                        loss: 0.02,
+                        rtt_ms: 50.0,
+                        jitter_ms: 8.0,
+                    },
+                    Mode::Adaptive,
+                )
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(hint_benches, bench_hints);
+criterion_main!(benches, hint_benches);

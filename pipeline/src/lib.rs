@@ -9,11 +9,13 @@
 //! * [`engine`] — the batched many-stream pipeline as a sans-IO state machine: slot table,
 //!   batcher with deadlines, Opus fallback, bounded queues.
 //! * [`driver`] — the thin real-time driver: one worker thread, channels in and out.
+//! * [`hints`] — level/Opus recommendations from the model's measured rate–quality table.
 //! * [`metrics`] — histograms and counters the engine keeps.
 
 pub mod aic;
 pub mod driver;
 pub mod engine;
+pub mod hints;
 pub mod metrics;
 pub mod model;
 pub mod runtime;

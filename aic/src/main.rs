@@ -41,6 +41,9 @@ enum Cmd {
         /// Pipeline slots: concurrent streams (each gRPC session is one).
         #[arg(long, default_value_t = 64)]
         max_streams: usize,
+        /// Serve Prometheus metrics over HTTP here ("off" to disable).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: String,
     },
     /// List registered codecs and whether they can run here.
     Codecs,
@@ -146,7 +149,14 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Serve {
             listen,
             max_streams,
+            metrics_listen,
         } => {
+            let metrics_listen = match metrics_listen.as_str() {
+                "off" => None,
+                a => Some(a.parse().with_context(|| {
+                    format!("--metrics-listen {a:?} is not an address or \"off\"")
+                })?),
+            };
             if !(1..=1024).contains(&max_streams) {
                 bail!("--max-streams {max_streams} not in 1..=1024");
             }
@@ -156,6 +166,7 @@ fn run(cli: Cli) -> Result<()> {
                 &serve::Options {
                     listen,
                     max_streams,
+                    metrics_listen,
                 },
             )?;
         }

@@ -41,6 +41,44 @@ const IN_FLIGHT: usize = 3;
 pub struct Options {
     pub listen: SocketAddr,
     pub max_streams: usize,
+    /// Prometheus `/metrics` over HTTP (None: off).
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Per-session accounting: the open-sessions gauge, and the per-method request counter with the
+/// final status code, recorded when the session ends however it ends.
+struct SessionGuard {
+    method: &'static str,
+    code: &'static str,
+}
+
+impl SessionGuard {
+    fn new(method: &'static str) -> Self {
+        metrics::gauge!("aic_sessions_open", "method" => method).increment(1.0);
+        Self { method, code: "ok" }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("aic_sessions_open", "method" => self.method).decrement(1.0);
+        metrics::counter!("aic_rpc_requests_total", "method" => self.method, "code" => self.code)
+            .increment(1);
+    }
+}
+
+fn count_rpc(method: &'static str, code: &'static str) {
+    metrics::counter!("aic_rpc_requests_total", "method" => method, "code" => code).increment(1);
+}
+
+fn code_name(s: &Status) -> &'static str {
+    match s.code() {
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Unavailable => "unavailable",
+        _ => "error",
+    }
 }
 
 type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -119,6 +157,88 @@ impl CodecService for Svc {
         &self,
         req: Request<Streaming<EncodeRequest>>,
     ) -> Result<Response<Self::EncodeStreamStream>, Status> {
+        self.encode_stream_inner(req)
+            .await
+            .inspect_err(|e| count_rpc("EncodeStream", code_name(e)))
+    }
+
+    async fn decode_stream(
+        &self,
+        req: Request<Streaming<DecodeRequest>>,
+    ) -> Result<Response<Self::DecodeStreamStream>, Status> {
+        self.decode_stream_inner(req)
+            .await
+            .inspect_err(|e| count_rpc("DecodeStream", code_name(e)))
+    }
+
+    async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
+        let r = self.hints_inner(req.into_inner());
+        count_rpc("Hints", r.as_ref().err().map_or("ok", code_name));
+        r.map(Response::new)
+    }
+
+    async fn list_models(
+        &self,
+        _: Request<ListModelsRequest>,
+    ) -> Result<Response<ListModelsResponse>, Status> {
+        let m = &self.model.manifest;
+        Ok(Response::new(ListModelsResponse {
+            models: vec![ModelInfo {
+                model_id: m.model_id.clone(),
+                model_version: m.model_version.clone(),
+                sample_rate: m.sample_rate,
+                frame_ms: (m.frame_samples as u32 * 1000) / m.sample_rate,
+                algorithmic_latency_ms: (m.frame_samples + m.decoder_delay_samples) as f64 * 1000.0
+                    / f64::from(m.sample_rate),
+                levels: m
+                    .levels
+                    .iter()
+                    .map(|&l| Level {
+                        level: u32::from(l),
+                        bitrate_kbps: expected_kbps(&self.model, l),
+                    })
+                    .collect(),
+            }],
+        }))
+    }
+}
+
+impl Svc {
+    fn hints_inner(&self, r: HintsRequest) -> Result<HintsResponse, Status> {
+        let table = self
+            .table
+            .as_ref()
+            .map_err(|why| Status::failed_precondition(why.clone()))?;
+        let mode = match HintMode::try_from(r.mode) {
+            Ok(HintMode::Conservative) => Mode::Conservative,
+            Ok(HintMode::Aggressive) => Mode::Aggressive,
+            Ok(HintMode::Adaptive | HintMode::Unspecified) => Mode::Adaptive,
+            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", r.mode))),
+        };
+        let net = NetState {
+            bandwidth_kbps: r.bandwidth_kbps,
+            loss: r.loss,
+            rtt_ms: r.rtt_ms,
+            jitter_ms: r.jitter_ms,
+        };
+        let h = table
+            .hint(&net, mode)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(HintsResponse {
+            use_aic: h.use_aic,
+            level: u32::from(h.level),
+            bitrate_kbps: h.bitrate_kbps,
+            expected_stoi: h.expected.stoi,
+            expected_pesq_wb: h.expected.pesq_wb,
+            expected_visqol: h.expected.visqol,
+            reason: h.reason,
+        })
+    }
+
+    async fn encode_stream_inner(
+        &self,
+        req: Request<Streaming<EncodeRequest>>,
+    ) -> Result<Response<RespStream<EncodeResponse>>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty stream: the first message must be `open`")
@@ -147,6 +267,13 @@ impl CodecService for Svc {
         let mut cfg = StreamConfig::encode(level as u8);
         cfg.budget = budget(open.latency_budget_ms)?;
         let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let guard = SessionGuard::new("EncodeStream");
+        let ref_kbps = if open.reference_opus_kbps == 0 {
+            32
+        } else {
+            open.reference_opus_kbps
+        };
+        let ref_bytes = f64::from(ref_kbps) * 1000.0 / 8.0 * 0.02;
         let frame_in = (open.sample_rate / 50) as usize;
         let mut resampler = if open.sample_rate == 16_000 {
             None
@@ -159,7 +286,19 @@ impl CodecService for Svc {
         let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_QUEUE);
         let credits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let reader_credits = credits.clone();
-        forward(outputs, tx.clone(), credits, |o: Output| {
+        forward(outputs, tx.clone(), credits, move |o: Output| {
+            let (kind, n) = match &o.payload {
+                Payload::Aic(b) => ("aic", b.len()),
+                Payload::OpusFallback(b) => ("opus_fallback", b.len()),
+                _ => ("other", 0),
+            };
+            metrics::counter!("aic_frames_total", "direction" => "encode", "kind" => kind)
+                .increment(1);
+            metrics::counter!("aic_bytes_out_total", "method" => "EncodeStream")
+                .increment(n as u64);
+            // Metered against Opus at the stream's reference bitrate (what it would have sent).
+            metrics::counter!("aic_bytes_saved_total")
+                .increment((ref_bytes - n as f64).max(0.0) as u64);
             let frame = match o.payload {
                 Payload::Aic(b) => encode_response::Frame::Aic(b),
                 Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
@@ -177,6 +316,7 @@ impl CodecService for Svc {
         });
         tokio::spawn(async move {
             let sender: StreamSender = sender;
+            let mut guard = guard;
             let mut mid = Vec::with_capacity(320);
             loop {
                 let msg = match inbound.message().await {
@@ -186,6 +326,7 @@ impl CodecService for Svc {
                 let bytes = match msg.msg {
                     Some(encode_request::Msg::PcmS16le(b)) => b,
                     Some(encode_request::Msg::Open(_)) | None => {
+                        guard.code = "invalid_argument";
                         let _ = tx
                             .send(Err(Status::invalid_argument(
                                 "`open` may only be the first message",
@@ -200,9 +341,12 @@ impl CodecService for Svc {
                         bytes.len(),
                         2 * frame_in
                     );
+                    guard.code = "invalid_argument";
                     let _ = tx.send(Err(Status::invalid_argument(why))).await;
                     break;
                 }
+                metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
+                    .increment(bytes.len() as u64);
                 let pcm = pcm_from_s16le(&bytes);
                 let pcm = match resampler.as_mut() {
                     None => pcm,
@@ -233,10 +377,10 @@ impl CodecService for Svc {
         )))
     }
 
-    async fn decode_stream(
+    async fn decode_stream_inner(
         &self,
         req: Request<Streaming<DecodeRequest>>,
-    ) -> Result<Response<Self::DecodeStreamStream>, Status> {
+    ) -> Result<Response<RespStream<DecodeResponse>>, Status> {
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty stream: the first message must be `open`")
@@ -261,6 +405,7 @@ impl CodecService for Svc {
         let mut cfg = StreamConfig::decode();
         cfg.budget = budget(open.latency_budget_ms)?;
         let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let guard = SessionGuard::new("DecodeStream");
         let mut resampler = if open.sample_rate == 16_000 {
             None
         } else {
@@ -274,6 +419,13 @@ impl CodecService for Svc {
         let reader_credits = credits.clone();
         let mut up = Vec::new();
         forward(outputs, tx.clone(), credits, move |o: Output| {
+            let kind = if matches!(o.payload, Payload::Concealed(_)) {
+                "concealed"
+            } else {
+                "pcm"
+            };
+            metrics::counter!("aic_frames_total", "direction" => "decode", "kind" => kind)
+                .increment(1);
             let (pcm, concealed) = match o.payload {
                 Payload::Pcm(p) => (p, false),
                 Payload::Concealed(p) => (p, true),
@@ -301,6 +453,7 @@ impl CodecService for Svc {
         let max = aic_codec::bitstream::frame::MAX_FRAME_BYTES;
         tokio::spawn(async move {
             let sender: StreamSender = sender;
+            let mut guard = guard;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
@@ -309,6 +462,7 @@ impl CodecService for Svc {
                 let frame = match msg.msg {
                     Some(decode_request::Msg::Aic(b)) => b,
                     Some(decode_request::Msg::Open(_)) | None => {
+                        guard.code = "invalid_argument";
                         let _ = tx
                             .send(Err(Status::invalid_argument(
                                 "`open` may only be the first message",
@@ -318,6 +472,7 @@ impl CodecService for Svc {
                     }
                 };
                 if frame.len() > max {
+                    guard.code = "invalid_argument";
                     let _ = tx
                         .send(Err(Status::invalid_argument(format!(
                             "AIC frame of {} bytes exceeds {max}",
@@ -326,6 +481,8 @@ impl CodecService for Svc {
                         .await;
                     break;
                 }
+                metrics::counter!("aic_bytes_in_total", "method" => "DecodeStream")
+                    .increment(frame.len() as u64);
                 // A corrupt frame is not a protocol error: the pipeline conceals it.
                 let frame = (!frame.is_empty()).then_some(frame);
                 match reader_credits.acquire().await {
@@ -343,63 +500,6 @@ impl CodecService for Svc {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
-    }
-
-    async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
-        let r = req.into_inner();
-        let table = self
-            .table
-            .as_ref()
-            .map_err(|why| Status::failed_precondition(why.clone()))?;
-        let mode = match HintMode::try_from(r.mode) {
-            Ok(HintMode::Conservative) => Mode::Conservative,
-            Ok(HintMode::Aggressive) => Mode::Aggressive,
-            Ok(HintMode::Adaptive | HintMode::Unspecified) => Mode::Adaptive,
-            Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", r.mode))),
-        };
-        let net = NetState {
-            bandwidth_kbps: r.bandwidth_kbps,
-            loss: r.loss,
-            rtt_ms: r.rtt_ms,
-            jitter_ms: r.jitter_ms,
-        };
-        let h = table
-            .hint(&net, mode)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        Ok(Response::new(HintsResponse {
-            use_aic: h.use_aic,
-            level: u32::from(h.level),
-            bitrate_kbps: h.bitrate_kbps,
-            expected_stoi: h.expected.stoi,
-            expected_pesq_wb: h.expected.pesq_wb,
-            expected_visqol: h.expected.visqol,
-            reason: h.reason,
-        }))
-    }
-
-    async fn list_models(
-        &self,
-        _: Request<ListModelsRequest>,
-    ) -> Result<Response<ListModelsResponse>, Status> {
-        let m = &self.model.manifest;
-        Ok(Response::new(ListModelsResponse {
-            models: vec![ModelInfo {
-                model_id: m.model_id.clone(),
-                model_version: m.model_version.clone(),
-                sample_rate: m.sample_rate,
-                frame_ms: (m.frame_samples as u32 * 1000) / m.sample_rate,
-                algorithmic_latency_ms: (m.frame_samples + m.decoder_delay_samples) as f64 * 1000.0
-                    / f64::from(m.sample_rate),
-                levels: m
-                    .levels
-                    .iter()
-                    .map(|&l| Level {
-                        level: u32::from(l),
-                        bitrate_kbps: expected_kbps(&self.model, l),
-                    })
-                    .collect(),
-            }],
-        }))
     }
 }
 
@@ -434,6 +534,13 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
                 ..Default::default()
             },
         ));
+        if let Some(addr) = opts.metrics_listen {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .install()
+                .with_context(|| format!("cannot serve /metrics on {addr}"))?;
+            tokio::spawn(publish_pipeline_metrics(pipeline.clone()));
+        }
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CodecServiceServer<Svc>>()
@@ -486,6 +593,41 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         drop(pipeline); // joins the worker after queued frames are done
         Ok(())
     })
+}
+
+/// Copies the pipeline's own metrics (histograms and counters kept by the engine) into the
+/// Prometheus registry once a second.
+async fn publish_pipeline_metrics(p: Arc<Pipeline>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let p2 = p.clone();
+        let Ok(Some(m)) = tokio::task::spawn_blocking(move || p2.metrics()).await else {
+            return;
+        };
+        for (name, v) in [
+            ("aic_pipeline_frames_in_total", m.frames_in),
+            ("aic_pipeline_frames_out_total", m.frames_out),
+            ("aic_pipeline_fallbacks_total", m.fallbacks),
+            ("aic_pipeline_dropped_total", m.dropped),
+            ("aic_pipeline_late_total", m.late),
+            ("aic_pipeline_corrupt_frames_total", m.corrupt_frames),
+            ("aic_pipeline_backend_errors_total", m.backend_errors),
+            ("aic_pipeline_rejected_streams_total", m.rejected_streams),
+        ] {
+            metrics::counter!(name).absolute(v);
+        }
+        for (name, h) in [
+            ("aic_pipeline_frame_latency_seconds", &m.e2e_latency),
+            ("aic_pipeline_queue_wait_seconds", &m.queue_wait),
+            ("aic_pipeline_model_call_seconds", &m.model_time),
+        ] {
+            for (q, label) in [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")] {
+                metrics::gauge!(name, "quantile" => label).set(h.quantile(q) as f64 / 1e6);
+            }
+        }
+        metrics::gauge!("aic_pipeline_batch_size_mean").set(m.batch_size.mean());
+    }
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,10 @@ struct Server {
 
 impl Server {
     fn start(max_streams: usize) -> Self {
+        Self::start_with(max_streams, "off")
+    }
+
+    fn start_with(max_streams: usize, metrics: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
             .args([
                 "serve",
@@ -30,6 +34,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--max-streams",
                 &max_streams.to_string(),
+                "--metrics-listen",
+                metrics,
             ])
             .stderr(Stdio::piped())
             .spawn()
@@ -86,6 +92,7 @@ fn enc_open(level: u32, rate: u32) -> EncodeRequest {
             level,
             sample_rate: rate,
             latency_budget_ms: 0,
+            reference_opus_kbps: 0,
         })),
     }
 }
@@ -123,7 +130,11 @@ async fn encode_session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encode_and_decode_sessions_at_16_and_48_khz() {
-    let s = Server::start(8);
+    let metrics_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = Server::start_with(8, &metrics_addr.to_string());
     let mut c = s.client().await;
     let models = c
         .list_models(ListModelsRequest {})
@@ -211,6 +222,33 @@ async fn encode_and_decode_sessions_at_16_and_48_khz() {
         st.into_inner().status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+
+    // Prometheus metrics: per-RPC counts, metering, and the pipeline's own numbers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let text = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(metrics_addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        c.read_to_string(&mut body).unwrap();
+        body
+    })
+    .await
+    .unwrap();
+    for needle in [
+        "aic_rpc_requests_total",
+        "method=\"EncodeStream\"",
+        "aic_bytes_saved_total",
+        "aic_pipeline_frames_out_total",
+        "aic_pipeline_frame_latency_seconds",
+        "aic_frames_total",
+    ] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from /metrics:\n{text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

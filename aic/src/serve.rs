@@ -5,9 +5,10 @@
 //! blocks, and each session's outputs are forwarded by a blocking task. One session's bad input
 //! ends that session with a `Status`; the others never notice.
 //!
-//! In this build: `EncodeStream`, `DecodeStream`, `ListModels`, the standard health service and
-//! server reflection. Not yet: unary `Encode`/`Decode`, `Hints`, API keys and the control
-//! sidecar, Prometheus metrics, config files.
+//! In this build: `EncodeStream`, `DecodeStream`, unary `Encode`/`Decode` (≤ 60 s),
+//! `ListModels`, `Hints` (from the model's measured rate–quality table), the standard health
+//! service, server reflection and Prometheus `/metrics`. Not yet: API keys and the control
+//! sidecar (tenants, policies, usage, audit; SQLite/PostgreSQL), config files.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -22,9 +23,10 @@ use aic_pipeline::hints::{Mode, NetState, RateQualityTable};
 use aic_pipeline::model::AicModel;
 use aic_proto::v1::codec_service_server::{CodecService, CodecServiceServer};
 use aic_proto::v1::{
-    DecodeRequest, DecodeResponse, EncodeRequest, EncodeResponse, HintMode, HintsRequest,
-    HintsResponse, Level, ListModelsRequest, ListModelsResponse, ModelInfo, decode_request,
-    encode_request, encode_response,
+    DecodeClipRequest, DecodeClipResponse, DecodeRequest, DecodeResponse, EncodeClipRequest,
+    EncodeClipResponse, EncodeRequest, EncodeResponse, HintMode, HintsRequest, HintsResponse,
+    Level, ListModelsRequest, ListModelsResponse, ModelInfo, decode_request, encode_request,
+    encode_response,
 };
 use anyhow::{Context, Result};
 use tokio_stream::Stream;
@@ -171,6 +173,24 @@ impl CodecService for Svc {
             .inspect_err(|e| count_rpc("DecodeStream", code_name(e)))
     }
 
+    async fn encode(
+        &self,
+        req: Request<EncodeClipRequest>,
+    ) -> Result<Response<EncodeClipResponse>, Status> {
+        let r = self.encode_clip(req.into_inner()).await;
+        count_rpc("Encode", r.as_ref().err().map_or("ok", code_name));
+        r.map(Response::new)
+    }
+
+    async fn decode(
+        &self,
+        req: Request<DecodeClipRequest>,
+    ) -> Result<Response<DecodeClipResponse>, Status> {
+        let r = self.decode_clip(req.into_inner()).await;
+        count_rpc("Decode", r.as_ref().err().map_or("ok", code_name));
+        r.map(Response::new)
+    }
+
     async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
         let r = self.hints_inner(req.into_inner());
         count_rpc("Hints", r.as_ref().err().map_or("ok", code_name));
@@ -203,7 +223,210 @@ impl CodecService for Svc {
     }
 }
 
+/// Longest clip the unary RPCs take; longer audio belongs on the streaming RPCs.
+const MAX_CLIP_SECONDS: usize = 60;
+
+/// Runs a whole clip through a pipeline stream with the same flow control as a streaming
+/// session (at most `IN_FLIGHT` frames inside), on a blocking thread; outputs in input order.
+fn run_clip<T: Send + 'static>(
+    pipeline: Arc<Pipeline>,
+    cfg: StreamConfig,
+    items: Vec<T>,
+    push: impl Fn(&StreamSender, T) -> Result<(), aic_pipeline::driver::Closed> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<Vec<Output>, Status>> {
+    tokio::task::spawn_blocking(move || {
+        let (sender, outputs) = pipeline.open(cfg).map_err(open_error)?.split();
+        let n = items.len();
+        let mut got = Vec::with_capacity(n);
+        let mut sent = 0usize;
+        for item in items {
+            if sent - got.len() >= IN_FLIGHT {
+                got.push(
+                    outputs
+                        .recv_timeout(Duration::from_secs(10))
+                        .map_err(|_| Status::unavailable("pipeline stalled"))?,
+                );
+            }
+            push(&sender, item)
+                .map_err(|_| Status::unavailable("the pipeline is shutting down"))?;
+            sent += 1;
+        }
+        while got.len() < n {
+            got.push(
+                outputs
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|_| Status::unavailable("pipeline stalled"))?,
+            );
+        }
+        got.sort_by_key(|o| o.seq);
+        Ok(got)
+    })
+}
+
 impl Svc {
+    async fn encode_clip(&self, r: EncodeClipRequest) -> Result<EncodeClipResponse, Status> {
+        let open = r
+            .open
+            .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
+        if open.codec != "aic" {
+            return Err(Status::invalid_argument(format!(
+                "codec {:?} not served (\"aic\")",
+                open.codec
+            )));
+        }
+        check_rate(open.sample_rate)?;
+        let k = self.model.manifest.num_codebooks as u32;
+        let level = if open.level == 0 {
+            *self.model.manifest.levels.last().unwrap_or(&1) as u32
+        } else {
+            open.level
+        };
+        if level > k {
+            return Err(Status::invalid_argument(format!(
+                "level {level} not in 1..={k}"
+            )));
+        }
+        let samples = r.pcm_s16le.len() / 2;
+        if samples > MAX_CLIP_SECONDS * open.sample_rate as usize {
+            return Err(Status::resource_exhausted(format!(
+                "clip of {:.1} s exceeds the {MAX_CLIP_SECONDS} s limit of Encode; use EncodeStream",
+                samples as f64 / f64::from(open.sample_rate)
+            )));
+        }
+        if r.pcm_s16le.len() % 2 != 0 {
+            return Err(Status::invalid_argument(
+                "pcm_s16le has an odd number of bytes",
+            ));
+        }
+        let mut pcm = pcm_from_s16le(&r.pcm_s16le);
+        let frame_in = (open.sample_rate / 50) as usize;
+        pcm.resize(pcm.len().div_ceil(frame_in).max(1) * frame_in, 0.0);
+        let mut frames = Vec::with_capacity(pcm.len() / frame_in);
+        let mut rs = if open.sample_rate == 16_000 {
+            None
+        } else {
+            Some(
+                FrameResampler::new(open.sample_rate, 16_000, frame_in)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        };
+        let mut mid = Vec::new();
+        for f in pcm.chunks_exact(frame_in) {
+            match rs.as_mut() {
+                None => frames.push(f.to_vec()),
+                Some(r) => {
+                    r.process(f, &mut mid)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    frames.push(mid.clone());
+                }
+            }
+        }
+        let mut cfg = StreamConfig::encode(level as u8);
+        cfg.budget = budget(open.latency_budget_ms)?;
+        metrics::counter!("aic_bytes_in_total", "method" => "Encode")
+            .increment(r.pcm_s16le.len() as u64);
+        let outs = run_clip(self.pipeline.clone(), cfg, frames, |s, f| s.push_pcm(f))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let frames = outs
+            .into_iter()
+            .map(|o| {
+                let frame = match o.payload {
+                    Payload::Aic(b) => encode_response::Frame::Aic(b),
+                    Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
+                    other => {
+                        return Err(Status::internal(format!(
+                            "unexpected pipeline output {other:?}"
+                        )));
+                    }
+                };
+                Ok(EncodeResponse {
+                    seq: o.seq,
+                    frame: Some(frame),
+                    server_latency_us: o.latency.as_micros() as u32,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(EncodeClipResponse {
+            frames,
+            model_id: self.model.manifest.model_id.clone(),
+        })
+    }
+
+    async fn decode_clip(&self, r: DecodeClipRequest) -> Result<DecodeClipResponse, Status> {
+        let open = r
+            .open
+            .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
+        if open.codec != "aic" {
+            return Err(Status::invalid_argument(format!(
+                "codec {:?} not served (\"aic\")",
+                open.codec
+            )));
+        }
+        if !open.model_id.is_empty() && open.model_id != self.model.manifest.model_id {
+            return Err(Status::failed_precondition(format!(
+                "clip was encoded with model {:?}; this server has {:?}",
+                open.model_id, self.model.manifest.model_id
+            )));
+        }
+        check_rate(open.sample_rate)?;
+        if r.frames.len() > MAX_CLIP_SECONDS * 50 {
+            return Err(Status::resource_exhausted(format!(
+                "{} frames exceed the {MAX_CLIP_SECONDS} s limit of Decode; use DecodeStream",
+                r.frames.len()
+            )));
+        }
+        let max = aic_codec::bitstream::frame::MAX_FRAME_BYTES;
+        if let Some(f) = r.frames.iter().find(|f| f.len() > max) {
+            return Err(Status::invalid_argument(format!(
+                "AIC frame of {} bytes exceeds {max}",
+                f.len()
+            )));
+        }
+        let mut cfg = StreamConfig::decode();
+        cfg.budget = budget(open.latency_budget_ms)?;
+        let outs = run_clip(self.pipeline.clone(), cfg, r.frames, |s, f| {
+            s.push_aic((!f.is_empty()).then_some(f))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let mut rs = if open.sample_rate == 16_000 {
+            None
+        } else {
+            Some(
+                FrameResampler::new(16_000, open.sample_rate, 320)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            )
+        };
+        let (mut pcm, mut up, mut concealed) = (Vec::new(), Vec::new(), 0u32);
+        for o in outs {
+            let p = match o.payload {
+                Payload::Pcm(p) => p,
+                Payload::Concealed(p) => {
+                    concealed += 1;
+                    p
+                }
+                other => {
+                    return Err(Status::internal(format!(
+                        "unexpected pipeline output {other:?}"
+                    )));
+                }
+            };
+            match rs.as_mut() {
+                None => pcm.extend_from_slice(&p),
+                Some(r) => {
+                    r.process(&p, &mut up)
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                    pcm.extend_from_slice(&up);
+                }
+            }
+        }
+        Ok(DecodeClipResponse {
+            pcm_s16le: s16le_from_pcm(&pcm),
+            concealed_frames: concealed,
+        })
+    }
+
     fn hints_inner(&self, r: HintsRequest) -> Result<HintsResponse, Status> {
         let table = self
             .table
@@ -582,7 +805,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
-            .add_service(CodecServiceServer::new(svc))
+            .add_service(CodecServiceServer::new(svc).max_decoding_message_size(8 << 20))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 shutdown_signal(),

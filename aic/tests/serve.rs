@@ -377,3 +377,66 @@ async fn hints_come_from_the_measured_table() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_clips_round_trip_and_respect_the_size_limit() {
+    use aic_proto::v1::{DecodeClipRequest, EncodeClipRequest};
+    let s = Server::start(4);
+    let mut c = s.client().await;
+    let pcm: Vec<u8> = speech_s16le(40, 16_000).concat();
+    let open = EncodeOpen {
+        codec: "aic".into(),
+        level: 3,
+        sample_rate: 16_000,
+        latency_budget_ms: 0,
+        reference_opus_kbps: 0,
+    };
+    let enc = c
+        .encode(EncodeClipRequest {
+            open: Some(open.clone()),
+            pcm_s16le: pcm.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(enc.frames.len(), 40);
+    assert!(
+        enc.frames
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.seq == i as u64)
+    );
+    let frames: Vec<Vec<u8>> = enc
+        .frames
+        .into_iter()
+        .map(|f| match f.frame.unwrap() {
+            encode_response::Frame::Aic(b) => b,
+            encode_response::Frame::OpusFallback(_) => Vec::new(), // decode side conceals it
+        })
+        .collect();
+    let dec = c
+        .decode(DecodeClipRequest {
+            open: Some(DecodeOpen {
+                codec: "aic".into(),
+                model_id: enc.model_id,
+                sample_rate: 48_000,
+                latency_budget_ms: 0,
+            }),
+            frames,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dec.pcm_s16le.len(), 40 * 960 * 2);
+    // 61 s of audio is over the unary limit: RESOURCE_EXHAUSTED, with the way out in the message.
+    let long = vec![0u8; 61 * 16_000 * 2];
+    let e = c
+        .encode(EncodeClipRequest {
+            open: Some(open),
+            pcm_s16le: long,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("EncodeStream"));
+}

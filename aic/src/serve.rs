@@ -238,8 +238,7 @@ fn run_clip<T: Send + 'static>(
         let (sender, outputs) = pipeline.open(cfg).map_err(open_error)?.split();
         let n = items.len();
         let mut got = Vec::with_capacity(n);
-        let mut sent = 0usize;
-        for item in items {
+        for (sent, item) in items.into_iter().enumerate() {
             if sent - got.len() >= IN_FLIGHT {
                 got.push(
                     outputs
@@ -249,7 +248,6 @@ fn run_clip<T: Send + 'static>(
             }
             push(&sender, item)
                 .map_err(|_| Status::unavailable("the pipeline is shutting down"))?;
-            sent += 1;
         }
         while got.len() < n {
             got.push(
@@ -293,7 +291,7 @@ impl Svc {
                 samples as f64 / f64::from(open.sample_rate)
             )));
         }
-        if r.pcm_s16le.len() % 2 != 0 {
+        if !r.pcm_s16le.len().is_multiple_of(2) {
             return Err(Status::invalid_argument(
                 "pcm_s16le has an odd number of bytes",
             ));

@@ -128,7 +128,7 @@ fn pct(h: &aic_pipeline::metrics::Hist) -> Percentiles {
 }
 
 /// All shipped clips at 16 kHz, concatenated: the material every stream loops over.
-fn speech(dir: &Path) -> Result<Vec<f32>> {
+pub fn speech(dir: &Path) -> Result<Vec<f32>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -375,6 +375,20 @@ fn efficiency(
         raw_frames_per_s: raw,
         ratio: pipeline / raw,
     })
+}
+
+/// One paced run of `opts.streams` streams (no sweep, no throughput tables).
+pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
+    let model = Arc::new(AicModel::load(model_dir, 1)?);
+    let audio = Arc::new(speech(&opts.clips)?);
+    let mut enc = AicEncoder::new(model.clone(), opts.level)?;
+    let mut buf = Vec::new();
+    let mut coded = Vec::new();
+    for f in audio.chunks_exact(320) {
+        enc.encode_frame(f, &mut buf)?;
+        coded.push(buf.clone());
+    }
+    run_once(&model, opts, opts.streams, &audio, &Arc::new(coded))
 }
 
 pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {

@@ -3,6 +3,7 @@
 mod audio;
 mod bench;
 mod external;
+mod grpc_bench;
 mod load;
 mod plot;
 mod serve;
@@ -98,6 +99,22 @@ struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchSub {
+    /// Concurrent real-time EncodeStream sessions against `aic serve` on loopback, next to the
+    /// same streams in process: the gRPC overhead as a ratio.
+    Grpc {
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 6)]
+        level: u8,
+        #[arg(long, default_value_t = 40)]
+        budget_ms: u64,
+        #[arg(long)]
+        clips: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Many real-time streams through the batched pipeline: latency, batching, fallbacks, CPU.
     Load {
         /// Streams per direction.
@@ -284,6 +301,45 @@ fn run(cli: Cli) -> Result<()> {
             };
             let rep = load::run(&dir, &opts)?;
             print!("{}", load::table(&rep));
+            if let Some(p) = &json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                eprintln!("report: {}", p.display());
+            }
+        }
+        Cmd::Bench(BenchArgs {
+            sub:
+                Some(BenchSub::Grpc {
+                    streams,
+                    duration,
+                    level,
+                    budget_ms,
+                    clips,
+                    json,
+                }),
+            ..
+        }) => {
+            if streams == 0 || streams > 256 {
+                bail!("--streams {streams} not in 1..=256");
+            }
+            if !(0.5..=600.0).contains(&duration) {
+                bail!("--duration {duration} not in 0.5..=600 seconds");
+            }
+            let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
+            let clips = clips.unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
+            });
+            let opts = load::Options {
+                streams,
+                duration: std::time::Duration::from_secs_f64(duration),
+                level,
+                mode: load::Mode::Encode,
+                budget: std::time::Duration::from_millis(budget_ms),
+                sweep: false,
+                clips,
+            };
+            let rep = grpc_bench::run(&dir, &opts)?;
+            print!("{}", grpc_bench::table(&rep));
             if let Some(p) = &json {
                 std::fs::write(p, serde_json::to_string_pretty(&rep)?)
                     .with_context(|| format!("cannot write {}", p.display()))?;

@@ -378,3 +378,28 @@ fn bench_load_runs_real_streams_and_reports() {
             .all(|e| e["ratio"].as_f64().unwrap() > 0.0)
     );
 }
+
+#[test]
+fn bench_grpc_compares_the_service_with_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("grpc.json");
+    let o = aic(&[
+        "bench",
+        "grpc",
+        "--streams",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["grpc"]["frames_sent"], 100);
+    assert_eq!(
+        r["grpc"]["frames_back"], 100,
+        "every frame sent over gRPC comes back"
+    );
+    assert_eq!(r["in_process"]["frames_pushed"], 100);
+    assert!(r["p99_ratio"].as_f64().unwrap() > 0.0);
+}

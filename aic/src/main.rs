@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// Directory of the AIC model (manifest.json + ONNX graphs). Default: $AIC_MODEL_DIR, else
     /// the model shipped in this repository.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, env = "AIC_MODEL_DIR")]
     model: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
@@ -35,15 +35,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the gRPC codec API (EncodeStream, DecodeStream, ListModels, health, reflection).
+    /// Serve the gRPC codec API (EncodeStream, DecodeStream, Encode, Decode, Hints, ListModels,
+    /// health, reflection) and Prometheus metrics. Settings: flag > environment (AIC_*) > default.
     Serve {
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, env = "AIC_LISTEN", default_value = "127.0.0.1:50051")]
         listen: std::net::SocketAddr,
         /// Pipeline slots: concurrent streams (each gRPC session is one).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, env = "AIC_MAX_STREAMS", default_value_t = 64)]
         max_streams: usize,
         /// Serve Prometheus metrics over HTTP here ("off" to disable).
-        #[arg(long, default_value = "127.0.0.1:9464")]
+        #[arg(long, env = "AIC_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
         metrics_listen: String,
     },
     /// List registered codecs and whether they can run here.

@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aic_codec::codec::{Decoder as _, Encoder as _};
 use aic_codec::resample::FrameResampler;
 use aic_pipeline::driver::{Pipeline, StreamSender};
 use aic_pipeline::engine::{EngineConfig, EngineError, Output, Payload, StreamConfig};
@@ -102,6 +103,18 @@ fn s16le_from_pcm(p: &[f32]) -> Vec<u8> {
     p.iter()
         .flat_map(|s| ((s.clamp(-1.0, 1.0) * 32767.0).round() as i16).to_le_bytes())
         .collect()
+}
+
+/// Opus at the model's rate (16 kHz), 20 ms frames: the server's Opus side of a session.
+fn opus_info() -> aic_codec::CodecInfo {
+    aic_codec::CodecInfo {
+        codec: "opus".into(),
+        model_id: String::new(),
+        sample_rate: 16_000,
+        frame_samples: 320,
+        delay_samples: 0,
+        point: aic_codec::OperatingPoint::BitrateBps(24_000),
+    }
 }
 
 fn check_rate(rate: u32) -> Result<(), Status> {
@@ -539,13 +552,66 @@ impl Svc {
             let sender: StreamSender = sender;
             let mut guard = guard;
             let mut mid = Vec::with_capacity(320);
+            let mut opus_in: Option<aic_codec::opus::OpusDecoder> = None;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) | Err(_) => break, // end of input or the client vanished
                 };
-                let bytes = match msg.msg {
-                    Some(encode_request::Msg::PcmS16le(b)) => b,
+                let pcm = match msg.msg {
+                    Some(encode_request::Msg::PcmS16le(bytes)) => {
+                        if bytes.len() != 2 * frame_in {
+                            let why = format!(
+                                "pcm_s16le has {} bytes; one 20 ms frame at this rate is {}",
+                                bytes.len(),
+                                2 * frame_in
+                            );
+                            guard.code = "invalid_argument";
+                            let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                            break;
+                        }
+                        metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
+                            .increment(bytes.len() as u64);
+                        let pcm = pcm_from_s16le(&bytes);
+                        match resampler.as_mut() {
+                            None => pcm,
+                            Some(r) => {
+                                if let Err(e) = r.process(&pcm, &mut mid) {
+                                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                                    break;
+                                }
+                                mid.clone()
+                            }
+                        }
+                    }
+                    Some(encode_request::Msg::Opus(packet)) => {
+                        metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
+                            .increment(packet.len() as u64);
+                        // libopus decodes straight to the model's 16 kHz; a damaged packet is
+                        // concealed (Opus PLC) rather than ending the session.
+                        let dec = match opus_in.as_mut() {
+                            Some(d) => d,
+                            None => match aic_codec::opus::OpusDecoder::new(
+                                aic_codec::opus::OpusVariant::Plain,
+                                &opus_info(),
+                            ) {
+                                Ok(d) => opus_in.insert(d),
+                                Err(e) => {
+                                    let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                                    break;
+                                }
+                            },
+                        };
+                        let mut out = Vec::with_capacity(320);
+                        if dec.decode_frame(Some(&packet), &mut out).is_err() {
+                            metrics::counter!("aic_opus_in_concealed_total").increment(1);
+                            out.clear();
+                            if dec.decode_frame(None, &mut out).is_err() {
+                                out = vec![0.0; 320];
+                            }
+                        }
+                        out
+                    }
                     Some(encode_request::Msg::Open(_)) | None => {
                         guard.code = "invalid_argument";
                         let _ = tx
@@ -554,29 +620,6 @@ impl Svc {
                             )))
                             .await;
                         break;
-                    }
-                };
-                if bytes.len() != 2 * frame_in {
-                    let why = format!(
-                        "pcm_s16le has {} bytes; one 20 ms frame at this rate is {}",
-                        bytes.len(),
-                        2 * frame_in
-                    );
-                    guard.code = "invalid_argument";
-                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
-                    break;
-                }
-                metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
-                    .increment(bytes.len() as u64);
-                let pcm = pcm_from_s16le(&bytes);
-                let pcm = match resampler.as_mut() {
-                    None => pcm,
-                    Some(r) => {
-                        if let Err(e) = r.process(&pcm, &mut mid) {
-                            let _ = tx.send(Err(Status::internal(e.to_string()))).await;
-                            break;
-                        }
-                        mid.clone()
                     }
                 };
                 match reader_credits.acquire().await {
@@ -639,6 +682,30 @@ impl Svc {
         let credits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let reader_credits = credits.clone();
         let mut up = Vec::new();
+        let mut opus_out = match aic_proto::v1::DecodeOutput::try_from(open.output) {
+            Ok(aic_proto::v1::DecodeOutput::PcmS16le) => None,
+            Ok(aic_proto::v1::DecodeOutput::Opus) => {
+                let kbps = if open.opus_bitrate_kbps == 0 {
+                    24
+                } else {
+                    open.opus_bitrate_kbps
+                };
+                Some(
+                    aic_codec::opus::OpusEncoder::new(
+                        aic_codec::opus::OpusVariant::Plain,
+                        16_000,
+                        kbps * 1000,
+                    )
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                )
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown output {}",
+                    open.output
+                )));
+            }
+        };
         forward(outputs, tx.clone(), credits, move |o: Output| {
             let kind = if matches!(o.payload, Payload::Concealed(_)) {
                 "concealed"
@@ -656,6 +723,19 @@ impl Svc {
                     )));
                 }
             };
+            if let Some(enc) = opus_out.as_mut() {
+                // Legacy receivers: the decoded frame re-encoded as Opus.
+                let mut pkt = Vec::new();
+                enc.encode_frame(&pcm, &mut pkt)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                return Ok(DecodeResponse {
+                    seq: o.seq,
+                    pcm_s16le: Vec::new(),
+                    opus: pkt,
+                    concealed,
+                    server_latency_us: o.latency.as_micros() as u32,
+                });
+            }
             let pcm = match resampler.as_mut() {
                 None => pcm,
                 Some(r) => {
@@ -667,6 +747,7 @@ impl Svc {
             Ok(DecodeResponse {
                 seq: o.seq,
                 pcm_s16le: s16le_from_pcm(&pcm),
+                opus: Vec::new(),
                 concealed,
                 server_latency_us: o.latency.as_micros() as u32,
             })

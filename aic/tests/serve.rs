@@ -176,6 +176,7 @@ async fn encode_and_decode_sessions_at_16_and_48_khz() {
                 model_id: models[0].model_id.clone(),
                 sample_rate: rate,
                 latency_budget_ms: 0,
+                ..Default::default()
             })),
         }];
         reqs.extend(aic.iter().map(|b| DecodeRequest {
@@ -421,6 +422,7 @@ async fn unary_clips_round_trip_and_respect_the_size_limit() {
                 model_id: enc.model_id,
                 sample_rate: 48_000,
                 latency_budget_ms: 0,
+                ..Default::default()
             }),
             frames,
         })
@@ -439,4 +441,89 @@ async fn unary_clips_round_trip_and_respect_the_size_limit() {
         .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
     assert!(e.message().contains("EncodeStream"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opus_in_and_opus_out_for_legacy_endpoints() {
+    use aic_codec::codec::{Decoder, Encoder};
+    use aic_proto::v1::DecodeOutput;
+    let s = Server::start(4);
+    let mut c = s.client().await;
+    // A WebRTC publisher's side: 48 kHz Opus packets.
+    let mut opus =
+        aic_codec::opus::OpusEncoder::new(aic_codec::opus::OpusVariant::Plain, 48_000, 32_000)
+            .unwrap();
+    let mut reqs = vec![enc_open(6, 16_000)];
+    for f in speech_s16le(30, 48_000) {
+        let pcm: Vec<f32> = f
+            .chunks_exact(2)
+            .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+            .collect();
+        let mut pkt = Vec::new();
+        opus.encode_frame(&pcm, &mut pkt).unwrap();
+        reqs.push(EncodeRequest {
+            msg: Some(encode_request::Msg::Opus(pkt)),
+        });
+    }
+    reqs.push(EncodeRequest {
+        msg: Some(encode_request::Msg::Opus(vec![0xFF, 0x00])),
+    }); // garbage: concealed, not fatal
+    let mut out: Vec<_> = c
+        .encode_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 31);
+    out.sort_by_key(|r| r.seq);
+    let frames: Vec<Vec<u8>> = out
+        .into_iter()
+        .filter_map(|r| {
+            if let Some(encode_response::Frame::Aic(b)) = r.frame {
+                Some(b)
+            } else {
+                None
+            }
+        })
+        .collect();
+    // And back as Opus for a receiver that only speaks Opus.
+    let mut reqs = vec![DecodeRequest {
+        msg: Some(decode_request::Msg::Open(DecodeOpen {
+            codec: "aic".into(),
+            sample_rate: 16_000,
+            output: DecodeOutput::Opus as i32,
+            opus_bitrate_kbps: 16,
+            ..Default::default()
+        })),
+    }];
+    reqs.extend(frames.iter().map(|b| DecodeRequest {
+        msg: Some(decode_request::Msg::Aic(b.clone())),
+    }));
+    let out: Vec<_> = c
+        .decode_stream(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(out.len(), frames.len());
+    let info = aic_codec::CodecInfo {
+        codec: "opus".into(),
+        model_id: String::new(),
+        sample_rate: 48_000,
+        frame_samples: 960,
+        delay_samples: 0,
+        point: aic_codec::OperatingPoint::BitrateBps(16_000),
+    };
+    let mut dec =
+        aic_codec::opus::OpusDecoder::new(aic_codec::opus::OpusVariant::Plain, &info).unwrap();
+    let mut pcm = Vec::new();
+    for r in &out {
+        assert!(r.pcm_s16le.is_empty() && !r.opus.is_empty());
+        dec.decode_frame(Some(&r.opus), &mut pcm).unwrap();
+    }
+    assert_eq!(pcm.len(), out.len() * 960, "every packet is 20 ms of Opus");
 }

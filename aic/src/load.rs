@@ -212,29 +212,33 @@ fn run_once(
             pushed += 1;
         }
     }
-    // Collect: every frame produces one output (or was dropped and counted).
+    // Collect: every frame produces one output, unless the engine dropped it (counted); stop
+    // as soon as every stream has all of its outputs, so the CPU share is not diluted.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = 0u64;
     let mut fallbacks = 0u64;
+    let mut missing = 0u64;
     for s in &sources {
-        loop {
+        let mut n = 0usize;
+        while n < frames {
             let left = deadline.saturating_duration_since(Instant::now());
-            match s
-                .handle
-                .outputs
-                .recv_timeout(left.min(Duration::from_millis(200)))
-            {
+            match s.handle.outputs.recv_timeout(left) {
                 Ok(o) => {
+                    n += 1;
                     got += 1;
                     fallbacks += u64::from(matches!(
                         o.payload,
                         Payload::OpusFallback(_) | Payload::Concealed(_)
                     ));
                 }
-                Err(_) => break,
+                Err(_) => {
+                    missing += (frames - n) as u64; // dropped by the engine (or late past 5 s)
+                    break;
+                }
             }
         }
     }
+    let _ = missing;
     let wall = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu0;
     let m = p.metrics().context("pipeline stopped")?;

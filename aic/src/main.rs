@@ -149,6 +149,38 @@ fn registry(model: Option<&Path>) -> CodecRegistry {
     reg
 }
 
+/// Checks and assembles the options shared by `bench load` and `bench grpc`.
+#[allow(clippy::too_many_arguments)] // one per CLI flag
+fn load_options(
+    streams: usize,
+    max_streams: usize,
+    duration: f64,
+    level: u8,
+    mode: load::Mode,
+    budget_ms: u64,
+    sweep: bool,
+    clips: Option<PathBuf>,
+) -> Result<load::Options> {
+    if streams == 0 || streams > max_streams {
+        bail!("--streams {streams} not in 1..={max_streams}");
+    }
+    if !(0.5..=600.0).contains(&duration) {
+        bail!("--duration {duration} not in 0.5..=600 seconds");
+    }
+    let clips = clips.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
+    });
+    Ok(load::Options {
+        streams,
+        duration: std::time::Duration::from_secs_f64(duration),
+        level,
+        mode,
+        budget: std::time::Duration::from_millis(budget_ms),
+        sweep,
+        clips,
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -281,25 +313,8 @@ fn run(cli: Cli) -> Result<()> {
                 }),
             ..
         }) => {
-            if streams == 0 || streams > 512 {
-                bail!("--streams {streams} not in 1..=512");
-            }
-            if !(0.5..=600.0).contains(&duration) {
-                bail!("--duration {duration} not in 0.5..=600 seconds");
-            }
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
-            let clips = clips.unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
-            });
-            let opts = load::Options {
-                streams,
-                duration: std::time::Duration::from_secs_f64(duration),
-                level,
-                mode,
-                budget: std::time::Duration::from_millis(budget_ms),
-                sweep,
-                clips,
-            };
+            let opts = load_options(streams, 512, duration, level, mode, budget_ms, sweep, clips)?;
             let rep = load::run(&dir, &opts)?;
             print!("{}", load::table(&rep));
             if let Some(p) = &json {
@@ -320,25 +335,17 @@ fn run(cli: Cli) -> Result<()> {
                 }),
             ..
         }) => {
-            if streams == 0 || streams > 256 {
-                bail!("--streams {streams} not in 1..=256");
-            }
-            if !(0.5..=600.0).contains(&duration) {
-                bail!("--duration {duration} not in 0.5..=600 seconds");
-            }
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
-            let clips = clips.unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
-            });
-            let opts = load::Options {
+            let opts = load_options(
                 streams,
-                duration: std::time::Duration::from_secs_f64(duration),
+                256,
+                duration,
                 level,
-                mode: load::Mode::Encode,
-                budget: std::time::Duration::from_millis(budget_ms),
-                sweep: false,
+                load::Mode::Encode,
+                budget_ms,
+                false,
                 clips,
-            };
+            )?;
             let rep = grpc_bench::run(&dir, &opts)?;
             print!("{}", grpc_bench::table(&rep));
             if let Some(p) = &json {

@@ -275,10 +275,9 @@ fn run_clip<T: Send + 'static>(
 }
 
 impl Svc {
-    async fn encode_clip(&self, r: EncodeClipRequest) -> Result<EncodeClipResponse, Status> {
-        let open = r
-            .open
-            .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
+    /// Validates an encode session's parameters; returns the level to use (0 = the model's
+    /// highest level).
+    fn check_encode_open(&self, open: &aic_proto::v1::EncodeOpen) -> Result<u32, Status> {
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
                 "codec {:?} not served (\"aic\")",
@@ -286,9 +285,10 @@ impl Svc {
             )));
         }
         check_rate(open.sample_rate)?;
-        let k = self.model.manifest.num_codebooks as u32;
+        let m = &self.model.manifest;
+        let k = m.num_codebooks as u32;
         let level = if open.level == 0 {
-            *self.model.manifest.levels.last().unwrap_or(&1) as u32
+            u32::from(*m.levels.last().unwrap_or(&1))
         } else {
             open.level
         };
@@ -297,6 +297,14 @@ impl Svc {
                 "level {level} not in 1..={k}"
             )));
         }
+        Ok(level)
+    }
+
+    async fn encode_clip(&self, r: EncodeClipRequest) -> Result<EncodeClipResponse, Status> {
+        let open = r
+            .open
+            .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
+        let level = self.check_encode_open(&open)?;
         let samples = r.pcm_s16le.len() / 2;
         if samples > MAX_CLIP_SECONDS * open.sample_rate as usize {
             return Err(Status::resource_exhausted(format!(
@@ -480,24 +488,7 @@ impl Svc {
         let Some(encode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
-        if open.codec != "aic" {
-            return Err(Status::invalid_argument(format!(
-                "codec {:?} not served (\"aic\")",
-                open.codec
-            )));
-        }
-        check_rate(open.sample_rate)?;
-        let k = self.model.manifest.num_codebooks as u32;
-        let level = if open.level == 0 {
-            *self.model.manifest.levels.last().unwrap_or(&1) as u32
-        } else {
-            open.level
-        };
-        if level > k {
-            return Err(Status::invalid_argument(format!(
-                "level {level} not in 1..={k}"
-            )));
-        }
+        let level = self.check_encode_open(&open)?;
         let mut cfg = StreamConfig::encode(level as u8);
         cfg.budget = budget(open.latency_budget_ms)?;
         let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();

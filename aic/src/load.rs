@@ -41,6 +41,8 @@ pub struct Options {
     pub budget: Duration,
     pub sweep: bool,
     pub clips: PathBuf,
+    /// Pipeline worker threads, each with its own model sessions.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +99,7 @@ pub struct Efficiency {
 pub struct Report {
     pub model: String,
     pub cpu: String,
+    pub workers: usize,
     pub budget_ms: f64,
     pub level: u8,
     pub run: Option<Run>,
@@ -154,7 +157,7 @@ struct Source {
 }
 
 fn run_once(
-    model: &Arc<AicModel>,
+    models: &[Arc<AicModel>],
     opts: &Options,
     n: usize,
     audio: &Arc<Vec<f32>>,
@@ -167,10 +170,10 @@ fn run_once(
     };
     let total = enc_n + dec_n;
     let cfg = EngineConfig {
-        max_batch: total.max(1),
+        max_batch: total.div_ceil(models.len().max(1)).max(1),
         ..Default::default()
     };
-    let p = Pipeline::start(model.clone(), cfg);
+    let p = Pipeline::start_workers(models.to_vec(), cfg);
     let frames_in_clip = audio.len() / 320;
     let mut sources = Vec::with_capacity(total);
     for i in 0..total {
@@ -382,8 +385,16 @@ fn efficiency(
 }
 
 /// One paced run of `opts.streams` streams (no sweep, no throughput tables).
+/// The model loaded once per worker (each worker needs its own sessions).
+fn load_models(model_dir: &Path, workers: usize) -> Result<Vec<Arc<AicModel>>> {
+    (0..workers.max(1))
+        .map(|_| Ok(Arc::new(AicModel::load(model_dir, 1)?)))
+        .collect()
+}
+
 pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
-    let model = Arc::new(AicModel::load(model_dir, 1)?);
+    let models = load_models(model_dir, opts.workers)?;
+    let model = models[0].clone();
     let audio = Arc::new(speech(&opts.clips)?);
     let mut enc = AicEncoder::new(model.clone(), opts.level)?;
     let mut buf = Vec::new();
@@ -392,11 +403,12 @@ pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
         enc.encode_frame(f, &mut buf)?;
         coded.push(buf.clone());
     }
-    run_once(&model, opts, opts.streams, &audio, &Arc::new(coded))
+    run_once(&models, opts, opts.streams, &audio, &Arc::new(coded))
 }
 
 pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
-    let model = Arc::new(AicModel::load(model_dir, 1)?);
+    let models = load_models(model_dir, opts.workers)?;
+    let model = models[0].clone();
     let audio = Arc::new(speech(&opts.clips)?);
     let mut enc = AicEncoder::new(model.clone(), opts.level)?;
     let mut buf = Vec::new();
@@ -412,6 +424,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
             model.manifest.model_id, model.manifest.model_version
         ),
         cpu: crate::bench::cpu_name(),
+        workers: models.len(),
         budget_ms: opts.budget.as_secs_f64() * 1000.0,
         level: opts.level,
         run: None,
@@ -430,7 +443,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
         let mut n = 2usize;
         while n <= 512 {
             eprintln!("  sweep: {n} streams ...");
-            let r = run_once(&model, &trial, n, &audio, &coded)?;
+            let r = run_once(&models, &trial, n, &audio, &coded)?;
             let ok = r.realtime;
             report.sweep.push(r);
             if ok {
@@ -445,7 +458,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
             while hi - good > 1 && hi - good > good / 8 {
                 let mid = (good + hi) / 2;
                 eprintln!("  sweep: {mid} streams ...");
-                let r = run_once(&model, &trial, mid, &audio, &coded)?;
+                let r = run_once(&models, &trial, mid, &audio, &coded)?;
                 let ok = r.realtime;
                 report.sweep.push(r);
                 if ok { good = mid } else { hi = mid }
@@ -458,7 +471,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
             opts.streams,
             opts.duration.as_secs_f64()
         );
-        report.run = Some(run_once(&model, opts, opts.streams, &audio, &coded)?);
+        report.run = Some(run_once(&models, opts, opts.streams, &audio, &coded)?);
     }
     eprintln!("  raw model throughput by batch size ...");
     let top = report.max_realtime_streams.unwrap_or(opts.streams).max(1);

@@ -43,6 +43,9 @@ enum Cmd {
         /// Pipeline slots: concurrent streams (each gRPC session is one).
         #[arg(long, env = "AIC_MAX_STREAMS", default_value_t = 64)]
         max_streams: usize,
+        /// Pipeline worker threads (each loads its own model sessions). Default: one per CPU.
+        #[arg(long, env = "AIC_WORKERS")]
+        workers: Option<usize>,
         /// Serve Prometheus metrics over HTTP here ("off" to disable).
         #[arg(long, env = "AIC_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
         metrics_listen: String,
@@ -135,6 +138,9 @@ enum BenchSub {
         /// Find the largest stream count held in real time instead of one run.
         #[arg(long)]
         sweep: bool,
+        /// Pipeline worker threads (each loads its own model sessions). Default: one per CPU.
+        #[arg(long)]
+        workers: Option<usize>,
         /// Speech clips the streams loop over (default: the shipped fixtures).
         #[arg(long)]
         clips: Option<PathBuf>,
@@ -147,6 +153,21 @@ fn registry(model: Option<&Path>) -> CodecRegistry {
     let mut reg = CodecRegistry::with_builtin();
     aic_pipeline::register_aic(&mut reg, model);
     reg
+}
+
+/// One pipeline worker per CPU: each worker runs its model calls on one thread.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn check_workers(w: Option<usize>) -> Result<usize> {
+    match w {
+        None => Ok(default_workers()),
+        Some(n @ 1..=64) => Ok(n),
+        Some(n) => bail!("--workers {n} not in 1..=64"),
+    }
 }
 
 /// Checks and assembles the options shared by `bench load` and `bench grpc`.
@@ -171,6 +192,7 @@ fn load_options(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech")
     });
     Ok(load::Options {
+        workers: default_workers(),
         streams,
         duration: std::time::Duration::from_secs_f64(duration),
         level,
@@ -200,7 +222,9 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             max_streams,
             metrics_listen,
+            workers,
         } => {
+            let workers = check_workers(workers)?;
             let metrics_listen = match metrics_listen.as_str() {
                 "off" => None,
                 a => Some(a.parse().with_context(|| {
@@ -217,6 +241,7 @@ fn run(cli: Cli) -> Result<()> {
                     listen,
                     max_streams,
                     metrics_listen,
+                    workers,
                 },
             )?;
         }
@@ -308,13 +333,16 @@ fn run(cli: Cli) -> Result<()> {
                     level,
                     budget_ms,
                     sweep,
+                    workers,
                     clips,
                     json,
                 }),
             ..
         }) => {
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
-            let opts = load_options(streams, 512, duration, level, mode, budget_ms, sweep, clips)?;
+            let mut opts =
+                load_options(streams, 512, duration, level, mode, budget_ms, sweep, clips)?;
+            opts.workers = check_workers(workers)?;
             let rep = load::run(&dir, &opts)?;
             print!("{}", load::table(&rep));
             if let Some(p) = &json {

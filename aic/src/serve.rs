@@ -46,6 +46,8 @@ pub struct Options {
     pub max_streams: usize,
     /// Prometheus `/metrics` over HTTP (None: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Pipeline worker threads, each with its own model sessions.
+    pub workers: usize,
 }
 
 /// Per-session accounting: the open-sessions gauge, and the per-method request counter with the
@@ -814,16 +816,21 @@ fn expected_kbps(model: &AicModel, level: u8) -> f64 {
 }
 
 pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
-    let model = Arc::new(AicModel::load(model_dir, 1).context("loading the AIC model")?);
+    let models: Vec<Arc<AicModel>> = (0..opts.workers.max(1))
+        .map(|_| AicModel::load(model_dir, 1).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .context("loading the AIC model")?;
+    let model = models[0].clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let pipeline = Arc::new(Pipeline::start(
-            model.clone(),
+        let per_worker = opts.max_streams.div_ceil(models.len());
+        let pipeline = Arc::new(Pipeline::start_workers(
+            models,
             EngineConfig {
-                max_batch: opts.max_streams,
+                max_batch: per_worker,
                 ..Default::default()
             },
         ));

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -57,8 +58,17 @@ enum Cmd {
 /// first: nothing accepted is lost.
 #[derive(Debug)]
 pub struct Pipeline {
+    workers: Vec<WorkerHandle>,
+}
+
+/// One worker thread: its own engine, slot table and model sessions (ONNX Runtime sessions run
+/// one call at a time, so a second worker needs its own to use a second core).
+#[derive(Debug)]
+struct WorkerHandle {
     tx: Sender<Cmd>,
-    worker: Option<JoinHandle<()>>,
+    join: Option<JoinHandle<()>>,
+    /// Streams open on this worker (for placing new ones).
+    open: Arc<AtomicUsize>,
 }
 
 /// One open stream: push frames in, read [`Output`]s from `outputs` (in completion order;
@@ -79,26 +89,31 @@ pub struct Closed;
 /// stream once the frames already pushed have come out.
 #[derive(Debug)]
 pub struct StreamSender {
+    /// Unique across the pipeline's workers.
     pub id: StreamId,
+    /// The id inside its worker's engine.
+    local: StreamId,
     tx: Sender<Cmd>,
+    open: Arc<AtomicUsize>,
 }
 
 impl StreamSender {
     pub fn push_pcm(&self, pcm: Vec<f32>) -> Result<(), Closed> {
         self.tx
-            .send(Cmd::Pcm(self.id, Instant::now(), pcm))
+            .send(Cmd::Pcm(self.local, Instant::now(), pcm))
             .map_err(|_| Closed)
     }
     pub fn push_aic(&self, frame: Option<Vec<u8>>) -> Result<(), Closed> {
         self.tx
-            .send(Cmd::Aic(self.id, Instant::now(), frame))
+            .send(Cmd::Aic(self.local, Instant::now(), frame))
             .map_err(|_| Closed)
     }
 }
 
 impl Drop for StreamSender {
     fn drop(&mut self) {
-        let _ = self.tx.send(Cmd::Close(self.id));
+        let _ = self.tx.send(Cmd::Close(self.local));
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -117,8 +132,20 @@ impl StreamHandle {
 }
 
 impl Pipeline {
+    /// One worker on `model`.
     pub fn start(model: Arc<AicModel>, cfg: EngineConfig) -> Self {
-        Self::with_backend(model.clone(), cfg, Box::new(model))
+        Self::start_workers(vec![model], cfg)
+    }
+
+    /// One worker per model instance (load the model once per worker: each needs its own
+    /// sessions). Each worker has `cfg.max_batch` slots; streams go to the least loaded one.
+    pub fn start_workers(models: Vec<Arc<AicModel>>, cfg: EngineConfig) -> Self {
+        let n = models.len().max(1);
+        let backends: Vec<(Arc<AicModel>, Box<dyn Backend>)> = models
+            .into_iter()
+            .map(|m| (m.clone(), Box::new(m) as Box<dyn Backend>))
+            .collect();
+        Self::spawn(backends, cfg, n)
     }
 
     pub fn with_backend(
@@ -126,60 +153,113 @@ impl Pipeline {
         cfg: EngineConfig,
         backend: Box<dyn Backend>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let worker = std::thread::Builder::new()
-            .name("aic-pipeline".into())
-            .spawn(move || {
-                Worker {
-                    engine: Engine::new(model, cfg),
-                    backend,
-                    routes: HashMap::new(),
-                    closing: Vec::new(),
-                    rx,
+        Self::spawn(vec![(model, backend)], cfg, 1)
+    }
+
+    fn spawn(
+        backends: Vec<(Arc<AicModel>, Box<dyn Backend>)>,
+        cfg: EngineConfig,
+        n: usize,
+    ) -> Self {
+        let workers = backends
+            .into_iter()
+            .enumerate()
+            .map(|(w, (model, backend))| {
+                let (tx, rx) = mpsc::channel();
+                let cfg = cfg.clone();
+                let join = std::thread::Builder::new()
+                    .name(format!("aic-pipeline-{w}"))
+                    .spawn(move || {
+                        Worker {
+                            engine: Engine::new(model, cfg),
+                            backend,
+                            routes: HashMap::new(),
+                            closing: Vec::new(),
+                            rx,
+                            index: w as u64,
+                            workers: n as u64,
+                        }
+                        .run()
+                    })
+                    .expect("spawn pipeline worker");
+                WorkerHandle {
+                    tx,
+                    join: Some(join),
+                    open: Arc::new(AtomicUsize::new(0)),
                 }
-                .run()
             })
-            .expect("spawn pipeline worker");
-        Self {
-            tx,
-            worker: Some(worker),
-        }
+            .collect();
+        Self { workers }
     }
 
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Opens a stream on the least loaded worker (another one if that one is full).
     pub fn open(&self, cfg: StreamConfig) -> Result<StreamHandle, EngineError> {
-        let (otx, orx) = mpsc::channel();
-        let (rtx, rrx) = mpsc::sync_channel(1);
-        let shut = EngineError::Fallback("pipeline has shut down".into());
-        self.tx
-            .send(Cmd::Open(cfg, otx, rtx))
-            .map_err(|_| shut.clone())?;
-        let id = rrx.recv().map_err(|_| shut)??;
-        Ok(StreamHandle {
-            id,
-            sender: StreamSender {
-                id,
-                tx: self.tx.clone(),
-            },
-            outputs: orx,
-        })
+        let mut order: Vec<usize> = (0..self.workers.len()).collect();
+        order.sort_by_key(|&w| self.workers[w].open.load(Ordering::Relaxed));
+        let mut last = EngineError::Fallback("pipeline has no workers".into());
+        for w in order {
+            let wh = &self.workers[w];
+            let (otx, orx) = mpsc::channel();
+            let (rtx, rrx) = mpsc::sync_channel(1);
+            let shut = EngineError::Fallback("pipeline has shut down".into());
+            wh.tx
+                .send(Cmd::Open(cfg.clone(), otx, rtx))
+                .map_err(|_| shut.clone())?;
+            match rrx.recv().map_err(|_| shut)? {
+                Ok(local) => {
+                    wh.open.fetch_add(1, Ordering::Relaxed);
+                    let id = local * self.workers.len() as u64 + w as u64;
+                    let sender = StreamSender {
+                        id,
+                        local,
+                        tx: wh.tx.clone(),
+                        open: wh.open.clone(),
+                    };
+                    return Ok(StreamHandle {
+                        id,
+                        sender,
+                        outputs: orx,
+                    });
+                }
+                Err(e @ EngineError::Full(_)) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
     }
 
-    /// A snapshot of the engine's metrics.
+    /// A snapshot of the engines' metrics, merged over workers.
     pub fn metrics(&self) -> Option<PipelineMetrics> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.tx.send(Cmd::Metrics(tx)).ok()?;
-        rx.recv().ok()
+        let mut all: Option<PipelineMetrics> = None;
+        for wh in &self.workers {
+            let (tx, rx) = mpsc::sync_channel(1);
+            wh.tx.send(Cmd::Metrics(tx)).ok()?;
+            let m = rx.recv().ok()?;
+            match all.as_mut() {
+                None => all = Some(m),
+                Some(a) => a.merge(&m),
+            }
+        }
+        all
     }
 
-    /// Stops accepting streams, finishes queued frames, joins the worker.
+    /// Stops accepting streams, finishes queued frames, joins the workers.
     pub fn shutdown(mut self) {
         self.stop();
     }
 
     fn stop(&mut self) {
-        let _ = self.tx.send(Cmd::Shutdown);
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        for wh in &self.workers {
+            let _ = wh.tx.send(Cmd::Shutdown);
+        }
+        for wh in &mut self.workers {
+            if let Some(j) = wh.join.take() {
+                let _ = j.join();
+            }
         }
     }
 }
@@ -197,6 +277,9 @@ struct Worker {
     /// Streams whose handle was dropped: closed once their queued frames are out.
     closing: Vec<StreamId>,
     rx: Receiver<Cmd>,
+    /// This worker's index and the number of workers: global id = local id × workers + index.
+    index: u64,
+    workers: u64,
 }
 
 impl Worker {
@@ -227,8 +310,10 @@ impl Worker {
                     Err(_) => stopping = true,
                 },
             }
-            while let Some(o) = self.engine.pop_output() {
-                if let Some(tx) = self.routes.get(&o.stream) {
+            while let Some(mut o) = self.engine.pop_output() {
+                let local = o.stream;
+                o.stream = local * self.workers + self.index;
+                if let Some(tx) = self.routes.get(&local) {
                     let _ = tx.send(o); // a receiver that went away just stops listening
                 }
             }

@@ -82,3 +82,27 @@ pub struct PipelineMetrics {
     pub streams_opened: u64,
     pub rejected_streams: u64,
 }
+
+impl PipelineMetrics {
+    /// Adds another engine's metrics (one per pipeline worker).
+    pub fn merge(&mut self, o: &PipelineMetrics) {
+        self.batch_size.merge(&o.batch_size);
+        self.queue_wait.merge(&o.queue_wait);
+        self.model_time.merge(&o.model_time);
+        self.e2e_latency.merge(&o.e2e_latency);
+        self.frames_in += o.frames_in;
+        self.frames_out += o.frames_out;
+        self.fallbacks += o.fallbacks;
+        self.late += o.late;
+        self.dropped += o.dropped;
+        self.corrupt_frames += o.corrupt_frames;
+        self.rejected_frames += o.rejected_frames;
+        self.backend_errors += o.backend_errors;
+        if o.last_backend_error.is_some() {
+            self.last_backend_error.clone_from(&o.last_backend_error);
+        }
+        self.stale_results += o.stale_results;
+        self.streams_opened += o.streams_opened;
+        self.rejected_streams += o.rejected_streams;
+    }
+}

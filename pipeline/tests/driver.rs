@@ -134,3 +134,46 @@ fn a_failing_backend_degrades_to_opus_not_silence() {
         Some("inference failed: device lost")
     );
 }
+
+#[test]
+fn two_workers_share_the_streams_with_unique_ids() {
+    let models = vec![model(), model()];
+    let p = Pipeline::start_workers(
+        models,
+        EngineConfig {
+            max_batch: 3,
+            ..Default::default()
+        },
+    );
+    assert_eq!(p.workers(), 2);
+    // 6 streams fit (3 slots per worker); a 7th does not.
+    let streams: Vec<_> = (0..6)
+        .map(|_| p.open(StreamConfig::encode(2)).unwrap())
+        .collect();
+    assert!(matches!(
+        p.open(StreamConfig::encode(2)),
+        Err(aic_pipeline::engine::EngineError::Full(_))
+    ));
+    let mut ids: Vec<u64> = streams.iter().map(|s| s.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "stream ids are unique across workers");
+    for t in 0..3 {
+        for s in &streams {
+            s.push_pcm(tone(t)).unwrap();
+        }
+    }
+    for s in &streams {
+        for _ in 0..3 {
+            let o = s.outputs.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(o.stream, s.id, "outputs name the stream's pipeline-wide id");
+        }
+    }
+    let m = p.metrics().unwrap();
+    assert_eq!(m.streams_opened, 6);
+    assert_eq!(m.frames_out, 18);
+    // Closing frees a slot on that worker.
+    drop(streams);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(p.open(StreamConfig::encode(2)).is_ok());
+}

@@ -392,9 +392,10 @@ fn load_models(model_dir: &Path, workers: usize) -> Result<Vec<Arc<AicModel>>> {
         .collect()
 }
 
-pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
-    let models = load_models(model_dir, opts.workers)?;
-    let model = models[0].clone();
+/// The speech the streams loop over, and the same speech as AIC frames (for decode streams).
+type Material = (Arc<Vec<f32>>, Arc<Vec<Vec<u8>>>);
+
+fn material(model: &Arc<AicModel>, opts: &Options) -> Result<Material> {
     let audio = Arc::new(speech(&opts.clips)?);
     let mut enc = AicEncoder::new(model.clone(), opts.level)?;
     let mut buf = Vec::new();
@@ -403,21 +404,20 @@ pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
         enc.encode_frame(f, &mut buf)?;
         coded.push(buf.clone());
     }
-    run_once(&models, opts, opts.streams, &audio, &Arc::new(coded))
+    Ok((audio, Arc::new(coded)))
+}
+
+pub fn run_in_process(model_dir: &Path, opts: &Options) -> Result<Run> {
+    let models = load_models(model_dir, opts.workers)?;
+    let model = models[0].clone();
+    let (audio, coded) = material(&model, opts)?;
+    run_once(&models, opts, opts.streams, &audio, &coded)
 }
 
 pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
     let models = load_models(model_dir, opts.workers)?;
     let model = models[0].clone();
-    let audio = Arc::new(speech(&opts.clips)?);
-    let mut enc = AicEncoder::new(model.clone(), opts.level)?;
-    let mut buf = Vec::new();
-    let mut coded = Vec::new();
-    for f in audio.chunks_exact(320) {
-        enc.encode_frame(f, &mut buf)?;
-        coded.push(buf.clone());
-    }
-    let coded = Arc::new(coded);
+    let (audio, coded) = material(&model, opts)?;
     let mut report = Report {
         model: format!(
             "{} {}",

@@ -7,6 +7,8 @@
 //! * [`jitter`] — fixed-delay jitter buffer: reorder, drop duplicates/late packets, report
 //!   losses for concealment, bounded memory.
 //!
+//! * [`rtcp`] — RTCP sender/receiver reports (RFC 3550 §6.4): zero-copy compound parsing,
+//!   writing, and the receiver-statistics state machine (loss, jitter, LSR/DLSR) fed `now`.
 //! * [`shm`] — single-producer single-consumer rings of fixed-size slots in a sealed memfd,
 //!   eventfd wake-ups (the only module with `unsafe`; its trust model is in its docs).
 //! * [`link`] — the bridge ↔ pipeline link: control over a Unix `SOCK_SEQPACKET` socket, frames
@@ -16,5 +18,6 @@
 pub mod aic_rtp;
 pub mod jitter;
 pub mod link;
+pub mod rtcp;
 pub mod rtp;
 pub mod shm;

@@ -1059,3 +1059,42 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn frame_in_round_trips(seq: u64, concealed: bool,
+                                pcm in proptest::collection::vec(any::<i16>(), 0..=FRAME_16K)) {
+            let mut b = Vec::new();
+            encode_frame_in(&FrameIn { seq, pcm16k: &pcm, concealed }, &mut b).unwrap();
+            prop_assert!(b.len() + 4 <= SLOT_SIZE as usize);
+            let mut back = Vec::new();
+            prop_assert_eq!(decode_frame_in(&b, &mut back).unwrap(), FrameInMeta { seq, concealed });
+            prop_assert_eq!(back, pcm);
+        }
+
+        #[test]
+        fn frame_out_round_trips(seq: u64, level: u8, fallback: bool, pipeline_us: u32,
+                                 payload in proptest::collection::vec(any::<u8>(), 0..=MAX_PAYLOAD),
+                                 pcm in proptest::collection::vec(any::<i16>(), 0..=FRAME_16K)) {
+            let f = FrameOut { seq, level, fallback, payload, pcm16k: pcm, pipeline_us };
+            let mut b = Vec::new();
+            encode_frame_out(&f, &mut b).unwrap();
+            prop_assert!(b.len() + 4 <= SLOT_SIZE as usize, "fits a slot");
+            let mut g = FrameOut::default();
+            decode_frame_out(&b, &mut g).unwrap();
+            prop_assert_eq!(g, f);
+        }
+
+        #[test]
+        fn garbage_never_panics(b in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let _ = Control::decode(&b);
+            let _ = decode_frame_in(&b, &mut Vec::new());
+            let _ = decode_frame_out(&b, &mut FrameOut::default());
+        }
+    }
+}

@@ -58,8 +58,9 @@ pub fn start(path: &Path, pipeline: Arc<Pipeline>, model_id: String) -> Result<B
                 let _ = std::thread::Builder::new()
                     .name("aic-bridge-conn".into())
                     .spawn(move || {
-                        if let Err(e) = serve_conn(conn, &p, &m) {
-                            eprintln!("aic serve: bridge stream: {e}");
+                        match serve_conn(conn, &p, &m) {
+                            Ok(()) | Err(LinkError::PeerGone) => {}
+                            Err(e) => eprintln!("aic serve: bridge stream: {e}"),
                         }
                     });
             }

@@ -971,6 +971,23 @@ mod tests {
         assert!(matches!(Control::decode(&b).unwrap(), Control::Refused(s) if s.len() == 254));
     }
 
+    #[test]
+    fn bind_replaces_a_stale_socket_but_not_a_live_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        // A dead server's socket file (std does not remove it on drop).
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let live = LinkListener::bind(&path).unwrap();
+        let again = LinkListener::bind(&path);
+        assert!(
+            matches!(&again, Err(LinkError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse),
+            "{again:?}"
+        );
+        drop(live);
+        assert!(!path.exists(), "removed on drop");
+    }
+
     /// A server end in a thread of this process, over a real socket: open, frames both ways,
     /// close seen by the server, server hang-up seen by the client.
     #[test]

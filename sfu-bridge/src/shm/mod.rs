@@ -225,7 +225,13 @@ impl Mapping {
             });
         }
         let mut raw = [0u8; MAP_HEADER];
-        rustix::io::pread(fd, &mut raw, 0)?;
+        let n = rustix::io::pread(fd, &mut raw, 0)?;
+        if n != MAP_HEADER {
+            return Err(ShmError::TooSmall {
+                actual: n as u64,
+                needed: MAP_HEADER as u64,
+            });
+        }
         let header = MapHeader::parse(&raw)?;
         if size < header.total_len() {
             return Err(ShmError::TooSmall {

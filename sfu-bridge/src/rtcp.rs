@@ -5,7 +5,8 @@
 //!   [`ReportBlock`]s; every other packet type (SDES, BYE, APP, feedback) comes back as
 //!   [`Packet::Other`] with its bytes. Malformed input is a typed error, never a panic (fuzz
 //!   target `rtcp`).
-//! * Writing: [`write_sender_report`], [`write_receiver_report`] into a caller's buffer.
+//! * Writing: [`write_sender_report`], [`write_receiver_report`] into a caller's buffer;
+//!   [`SenderStats`] counts what the SR reports.
 //! * [`ReceiverStats`]: the receiver-side state machine of RFC 3550 appendix A.1/A.3/A.8, fed
 //!   `now` and each RTP arrival: extended highest sequence number, cumulative and fraction
 //!   lost, interarrival jitter, and LSR/DLSR from the last sender report.
@@ -301,6 +302,40 @@ pub fn ntp_mid32(ntp: u64) -> u32 {
     (ntp >> 16) as u32
 }
 
+/// What a sender counts for its SRs (RFC 3550 §6.4.1): packets and payload octets sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SenderStats {
+    pub ssrc: u32,
+    pub packets: u32,
+    pub octets: u32,
+}
+
+impl SenderStats {
+    pub fn new(ssrc: u32) -> Self {
+        Self {
+            ssrc,
+            ..Self::default()
+        }
+    }
+
+    /// One RTP packet with `payload_len` payload bytes (header and padding excluded) was sent.
+    pub fn on_rtp_sent(&mut self, payload_len: usize) {
+        self.packets = self.packets.wrapping_add(1);
+        self.octets = self.octets.wrapping_add(payload_len as u32);
+    }
+
+    /// The SR sender info for wall-clock time `ntp` and the RTP timestamp of that same instant.
+    pub fn sender_info(&self, ntp: u64, rtp_timestamp: u32) -> SenderInfo {
+        SenderInfo {
+            ssrc: self.ssrc,
+            ntp,
+            rtp_timestamp,
+            packet_count: self.packets,
+            octet_count: self.octets,
+        }
+    }
+}
+
 const MAX_DROPOUT: u16 = 3000;
 const MAX_MISORDER: u16 = 100;
 const RTP_SEQ_MOD: u32 = 1 << 16;
@@ -553,6 +588,26 @@ mod tests {
         ));
         let mut buf = [0u8; 10];
         assert!(write_receiver_report(1, &[ReportBlock::default()], &mut buf).is_err());
+    }
+
+    #[test]
+    fn sender_stats_feed_the_sr() {
+        let mut s = SenderStats::new(5);
+        for _ in 0..3 {
+            s.on_rtp_sent(40);
+        }
+        let info = s.sender_info(ntp_from_unix(Duration::from_secs(10)), 4800);
+        let mut buf = [0u8; 28];
+        write_sender_report(&info, &[], &mut buf).unwrap();
+        match Compound::new(&buf).next() {
+            Some(Ok(Packet::SenderReport { info: i, .. })) => {
+                assert_eq!(
+                    (i.packet_count, i.octet_count, i.rtp_timestamp),
+                    (3, 120, 4800)
+                );
+            }
+            p => panic!("{p:?}"),
+        }
     }
 
     #[test]

@@ -57,11 +57,9 @@ pub fn start(path: &Path, pipeline: Arc<Pipeline>, model_id: String) -> Result<B
                 let (p, m) = (pipeline.clone(), model_id.clone());
                 let _ = std::thread::Builder::new()
                     .name("aic-bridge-conn".into())
-                    .spawn(move || {
-                        match serve_conn(conn, &p, &m) {
-                            Ok(()) | Err(LinkError::PeerGone) => {}
-                            Err(e) => eprintln!("aic serve: bridge stream: {e}"),
-                        }
+                    .spawn(move || match serve_conn(conn, &p, &m) {
+                        Ok(()) | Err(LinkError::PeerGone) => {}
+                        Err(e) => eprintln!("aic serve: bridge stream: {e}"),
                     });
             }
         })?;

@@ -167,8 +167,13 @@ fn speech_through_the_link_and_a_killed_client_frees_its_stream() {
         .collect();
     let n = (xf.len() - d).min(other.len());
     let stoi_other = aic_codec::metrics::stoi(&other[..n], &y[d..d + n], 16_000).unwrap();
+    let mut us: Vec<u32> = outs.iter().map(|o| o.pipeline_us).collect();
+    us.sort_unstable();
     eprintln!(
-        "link L6: {frames} frames, {aic} AIC, {kbps:.2} kbps, STOI {stoi:.3} (vs another clip {stoi_other:.3})"
+        "link L6: {frames} frames, {aic} AIC, {kbps:.2} kbps, STOI {stoi:.3} (vs another clip \
+         {stoi_other:.3}), pipeline_us p50 {} p95 {} (sent faster than real time)",
+        us[us.len() / 2],
+        us[us.len() * 95 / 100]
     );
     assert!(stoi > 0.65, "STOI {stoi} through the link at L6");
     assert!(

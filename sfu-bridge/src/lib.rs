@@ -7,9 +7,17 @@
 //! * [`jitter`] — fixed-delay jitter buffer: reorder, drop duplicates/late packets, report
 //!   losses for concealment, bounded memory.
 //!
-//! Not yet (issue "The SFU bridge"): wiring RTP into the pipeline, RTCP, shared-memory rings,
-//! the Janus adapter.
+//! * [`rtcp`] — RTCP sender/receiver reports (RFC 3550 §6.4): zero-copy compound parsing,
+//!   writing, and the receiver-statistics state machine (loss, jitter, LSR/DLSR) fed `now`.
+//! * [`shm`] — single-producer single-consumer rings of fixed-size slots in a sealed memfd,
+//!   eventfd wake-ups (the only module with `unsafe`; its trust model is in its docs).
+//! * [`link`] — the bridge ↔ pipeline link: control over a Unix `SOCK_SEQPACKET` socket, frames
+//!   over two rings per stream, dead-peer detection (client [`link::LinkClient`], server
+//!   [`link::LinkListener`]).
 
 pub mod aic_rtp;
 pub mod jitter;
+pub mod link;
+pub mod rtcp;
 pub mod rtp;
+pub mod shm;

@@ -7,9 +7,15 @@
 //! * [`jitter`] — fixed-delay jitter buffer: reorder, drop duplicates/late packets, report
 //!   losses for concealment, bounded memory.
 //!
-//! Not yet (issue "The SFU bridge"): wiring RTP into the pipeline, RTCP, shared-memory rings,
-//! the Janus adapter.
+//! * [`ingest`] — RTP in → jitter buffer → Opus decode to 16 kHz with FEC/PLC, one frame per
+//!   20 ms slot.
+//! * [`egress`] — frames out as Opus RTP (legacy receivers) and AIC RTP with frame metadata.
+//!
+//! Not yet: RTCP.
 
 pub mod aic_rtp;
+pub mod egress;
+pub mod ingest;
 pub mod jitter;
+pub mod media;
 pub mod rtp;

@@ -104,15 +104,19 @@ def wait_gathered(w, timeout=10):
 
 
 def call(w, signal, arg, key=None, timeout=10):
-    """Emits a webrtcbin action signal that answers through a promise; returns reply[key].
-    (The change-func form: reading the reply after `Promise.wait()` from Python loses the
-    session description with GStreamer 1.22.)"""
+    """Emits a webrtcbin action signal that answers through a promise; returns the SDP text
+    of reply[key]."""
     done = threading.Event()
     out = {}
 
     def on_reply(p, _a, _b):
+        # Keep the reply and the description referenced while reading them: Python's
+        # wrappers do not own them, and a chained temporary leaves a dangling SDP.
         r = p.get_reply()
-        out["v"] = r.get_value(key) if (key and r is not None) else None
+        if key and r is not None:
+            d = r.get_value(key)
+            sdp = d.sdp
+            out["v"] = sdp.as_text()
         done.set()
 
     w.emit(signal, arg, Gst.Promise.new_with_change_func(on_reply, None, None))
@@ -135,14 +139,26 @@ def publish(room, wav):
         "clock-rate=48000 ! queue name=q" % wav
     )
     w = make_webrtcbin(pipe)
-    need = threading.Event()
-    w.connect("on-negotiation-needed", lambda _w: need.set())
+    offered = threading.Event()
+
+    def on_negotiation_needed(el):
+        # The offer is made here, on webrtcbin's thread, as soon as it can be made.
+        def on_offer(p, _a, _b):
+            r = p.get_reply()
+            d = r.get_value("offer")
+            sdp = d.sdp
+            el.emit("set-local-description", desc("offer", sdp.as_text()), None)
+            offered.set()
+
+        el.emit("create-offer", None, Gst.Promise.new_with_change_func(on_offer, None, None))
+
+    w.connect("on-negotiation-needed", on_negotiation_needed)
     pipe.get_by_name("q").link(w)
     pipe.set_state(Gst.State.PLAYING)
-    if not need.wait(10):
-        sys.exit("webrtcbin never asked for negotiation")
-    offer = promise_wait_offer(w)
+    if not offered.wait(15):
+        sys.exit("webrtcbin made no offer")
     wait_gathered(w)
+    log("publisher: gathered", w.get_property("ice-gathering-state"))
     sdp = w.get_property("local-description").sdp.as_text()
     janus.message(
         h,
@@ -152,7 +168,6 @@ def publish(room, wav):
     ev = janus.wait_event(lambda e: e.get("jsep", {}).get("type") == "answer")
     pid = ev["plugindata"]["data"]["id"]
     set_remote(w, "answer", ev["jsep"]["sdp"])
-    del offer
     print("PUBLISHER %d" % pid, flush=True)
     GLib.MainLoop().run()
 
@@ -163,11 +178,15 @@ def promise_wait_offer(w):
     return offer
 
 
-def set_remote(w, kind, text):
+def desc(kind, text):
+    """A session description built from SDP text."""
     _, msg = GstSdp.SDPMessage.new_from_text(text)
     t = GstWebRTC.WebRTCSDPType.ANSWER if kind == "answer" else GstWebRTC.WebRTCSDPType.OFFER
-    desc = GstWebRTC.WebRTCSessionDescription.new(t, msg)
-    call(w, "set-remote-description", desc)
+    return GstWebRTC.WebRTCSessionDescription.new(t, msg)
+
+
+def set_remote(w, kind, text):
+    call(w, "set-remote-description", desc(kind, text))
 
 
 def subscribe(mountpoint, out, secs):
@@ -219,7 +238,7 @@ def subscribe(mountpoint, out, secs):
     ev = janus.wait_event(lambda e: e.get("jsep", {}).get("type") == "offer")
     set_remote(w, "offer", ev["jsep"]["sdp"])
     answer = call(w, "create-answer", None, "answer")
-    call(w, "set-local-description", answer)
+    call(w, "set-local-description", desc("answer", answer))
     wait_gathered(w)
     sdp = w.get_property("local-description").sdp.as_text()
     janus.message(h, {"request": "start"}, {"type": "answer", "sdp": sdp})

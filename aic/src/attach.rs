@@ -27,6 +27,7 @@ use aic_pipeline::model::AicModel;
 use aic_sfu_bridge::egress::{AicEgress, OpusEgress, RtpStreamParams};
 use aic_sfu_bridge::ingest::{Ingest, IngestConfig, IngestStats};
 use aic_sfu_bridge::jitter::JitterConfig;
+use aic_sfu_bridge::link;
 use aic_sfu_bridge::media::{FRAME_16K, f32_to_i16, i16_to_f32};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
@@ -84,7 +85,6 @@ pub enum LinkFailure {
     Full,
     /// The pipeline ended or died: the bridge detaches.
     PeerGone,
-    #[allow(dead_code)] // the shm link reports protocol/io failures with it
     Other(String),
 }
 
@@ -260,6 +260,57 @@ impl PipelineLink for InprocLink {
     }
 }
 
+/// The pipeline in another process (`aic serve --bridge-socket PATH`), over the shm link.
+struct ShmLink {
+    stream: link::LinkStream,
+    out: link::FrameOut,
+}
+
+fn link_failure(e: link::LinkError) -> LinkFailure {
+    match e {
+        link::LinkError::Full => LinkFailure::Full,
+        link::LinkError::PeerGone => LinkFailure::PeerGone,
+        e => LinkFailure::Other(e.to_string()),
+    }
+}
+
+impl PipelineLink for ShmLink {
+    fn try_send(&mut self, seq: u64, pcm16k: &[i16], concealed: bool) -> Result<(), LinkFailure> {
+        self.stream
+            .try_send(link::FrameIn {
+                seq,
+                pcm16k,
+                concealed,
+            })
+            .map_err(link_failure)
+    }
+
+    fn recv_into(&mut self, out: &mut FrameOut, timeout: Duration) -> Result<bool, LinkFailure> {
+        if !self
+            .stream
+            .recv_into(&mut self.out, timeout)
+            .map_err(link_failure)?
+        {
+            return Ok(false);
+        }
+        let f = &self.out;
+        out.seq = f.seq;
+        out.level = f.level;
+        out.fallback = f.fallback;
+        out.payload.clear();
+        out.payload.extend_from_slice(&f.payload);
+        out.pcm16k.clear();
+        out.pcm16k.extend_from_slice(&f.pcm16k);
+        out.pcm16k.resize(FRAME_16K, 0);
+        out.pipeline_us = f.pipeline_us;
+        Ok(true)
+    }
+
+    fn model_id(&self) -> &str {
+        self.stream.model_id()
+    }
+}
+
 fn open_link(o: &Options) -> Result<Box<dyn PipelineLink>> {
     match o.pipeline.as_str() {
         "inproc" => Ok(Box::new(InprocLink::open(
@@ -267,9 +318,21 @@ fn open_link(o: &Options) -> Result<Box<dyn PipelineLink>> {
             o.level,
             o.budget_ms,
         )?)),
-        other => bail!(
-            "--pipeline {other:?}: this build talks to the pipeline in process only (\"inproc\")"
-        ),
+        path => {
+            let mut client = link::LinkClient::connect(std::path::Path::new(path))
+                .with_context(|| format!("connecting to the pipeline at {path}"))?;
+            let stream = client
+                .open(link::LinkConfig {
+                    level: o.level,
+                    latency_budget_ms: o.budget_ms,
+                    reference_opus_kbps: 0,
+                })
+                .context("opening a pipeline stream")?;
+            Ok(Box::new(ShmLink {
+                stream,
+                out: link::FrameOut::default(),
+            }))
+        }
     }
 }
 
@@ -636,7 +699,10 @@ fn media_loop(
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            // SIGTERM/SIGINT land here; the loop's stop flag handles them.
+                            | std::io::ErrorKind::Interrupted
                     ) =>
                 {
                     break;

@@ -3,6 +3,7 @@
 mod attach;
 mod audio;
 mod bench;
+mod bridge_server;
 mod external;
 mod grpc_bench;
 mod janus;
@@ -51,6 +52,10 @@ enum Cmd {
         /// Serve Prometheus metrics over HTTP here ("off" to disable).
         #[arg(long, env = "AIC_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
         metrics_listen: String,
+        /// Also serve the SFU bridge link (`aic attach janus`) on this Unix socket. Off unless
+        /// given; a stale socket file from a dead server is replaced.
+        #[arg(long, env = "AIC_BRIDGE_SOCKET")]
+        bridge_socket: Option<PathBuf>,
     },
     /// List registered codecs and whether they can run here.
     Codecs,
@@ -285,6 +290,7 @@ fn run(cli: Cli) -> Result<()> {
             max_streams,
             metrics_listen,
             workers,
+            bridge_socket,
         } => {
             let workers = check_workers(workers)?;
             let metrics_listen = match metrics_listen.as_str() {
@@ -304,6 +310,7 @@ fn run(cli: Cli) -> Result<()> {
                     max_streams,
                     metrics_listen,
                     workers,
+                    bridge_socket,
                 },
             )?;
         }

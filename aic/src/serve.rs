@@ -48,6 +48,8 @@ pub struct Options {
     pub metrics_listen: Option<SocketAddr>,
     /// Pipeline worker threads, each with its own model sessions.
     pub workers: usize,
+    /// Serve the bridge link (`aic_sfu_bridge::link`) on this Unix socket (None: off).
+    pub bridge_socket: Option<std::path::PathBuf>,
 }
 
 /// Per-session accounting: the open-sessions gauge, and the per-method request counter with the
@@ -108,7 +110,7 @@ fn s16le_from_pcm(p: &[f32]) -> Vec<u8> {
 }
 
 /// Opus at the model's rate (16 kHz), 20 ms frames: the server's Opus side of a session.
-fn opus_info() -> aic_codec::CodecInfo {
+pub(crate) fn opus_info() -> aic_codec::CodecInfo {
     aic_codec::CodecInfo {
         codec: "opus".into(),
         model_id: String::new(),
@@ -834,6 +836,17 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
                 ..Default::default()
             },
         ));
+        let bridge = match &opts.bridge_socket {
+            Some(path) => {
+                let b = crate::bridge_server::start(
+                    path,
+                    pipeline.clone(),
+                    model.manifest.model_id.clone(),
+                )?;
+                Some(b)
+            }
+            None => None,
+        };
         if let Some(addr) = opts.metrics_listen {
             metrics_exporter_prometheus::PrometheusBuilder::new()
                 .with_http_listener(addr)
@@ -874,6 +887,9 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         if let Err(why) = &table {
             eprintln!("aic serve: Hints unavailable: {why}");
         }
+        if let Some(path) = &opts.bridge_socket {
+            eprintln!("aic serve: bridge link on {}", path.display());
+        }
         let svc = Svc {
             pipeline: pipeline.clone(),
             model,
@@ -890,6 +906,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
             .await
             .context("gRPC server")?;
         eprintln!("aic serve: shutting down, finishing in-flight frames");
+        drop(bridge); // stops accepting and removes the socket file
         drop(pipeline); // joins the worker after queued frames are done
         Ok(())
     })

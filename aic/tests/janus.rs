@@ -291,12 +291,37 @@ fn inside_namespace() {
         }
     });
 
+    // The pipeline process: AIC encode + decode behind the shm link.
+    let sock = t.join("bridge.sock");
+    let serve = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .arg("--bridge-socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    procs.0.push(("aic serve".into(), serve));
+    let ready = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        sock.exists()
+    });
+    assert!(ready, "aic serve did not create {}", sock.display());
+
     let summary = t.join("summary.json");
     let mut attach = Command::new(env!("CARGO_BIN_EXE_aic"))
         .args(["attach", "janus", "--room", &ROOM.to_string()])
         .args(["--publisher", &pid.to_string()])
         .args(["--mountpoint", &MOUNTPOINT.to_string(), "--level", "6"])
         .args(["--aic-dest", &aic_addr.to_string()])
+        .arg("--pipeline")
+        .arg(&sock)
         .arg("--summary")
         .arg(&summary)
         .stderr(Stdio::piped())

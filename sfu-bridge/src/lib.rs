@@ -10,12 +10,20 @@
 //! * [`ingest`] — RTP in → jitter buffer → Opus decode to 16 kHz with FEC/PLC, one frame per
 //!   20 ms slot.
 //! * [`egress`] — frames out as Opus RTP (legacy receivers) and AIC RTP with frame metadata.
-//!
-//! Not yet: RTCP.
+//! * [`rtcp`] — RTCP sender/receiver reports (RFC 3550 §6.4): zero-copy compound parsing,
+//!   writing, and the receiver-statistics state machine (loss, jitter, LSR/DLSR) fed `now`.
+//! * [`shm`] — single-producer single-consumer rings of fixed-size slots in a sealed memfd,
+//!   eventfd wake-ups (the only module with `unsafe`; its trust model is in its docs).
+//! * [`link`] — the bridge ↔ pipeline link: control over a Unix `SOCK_SEQPACKET` socket, frames
+//!   over two rings per stream, dead-peer detection (client [`link::LinkClient`], server
+//!   [`link::LinkListener`]).
 
 pub mod aic_rtp;
 pub mod egress;
 pub mod ingest;
 pub mod jitter;
+pub mod link;
 pub mod media;
+pub mod rtcp;
 pub mod rtp;
+pub mod shm;

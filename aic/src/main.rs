@@ -1,10 +1,12 @@
 //! `aic` — the AIC command line.
 
+mod attach;
 mod audio;
 mod bench;
 mod bridge_server;
 mod external;
 mod grpc_bench;
+mod janus;
 mod load;
 mod plot;
 mod serve;
@@ -83,6 +85,66 @@ enum Cmd {
     /// Compare codecs on speech: bitrate, quality, speed, latency (`aic bench load`: the
     /// many-stream pipeline).
     Bench(BenchArgs),
+    /// Put AIC in the media path of an SFU: a publisher's audio goes through AIC and comes back.
+    #[command(subcommand)]
+    Attach(AttachCmd),
+}
+
+#[derive(Subcommand)]
+enum AttachCmd {
+    /// Janus: `rtp_forward` a VideoRoom publisher's audio here, send it back through AIC as a
+    /// Streaming mountpoint (Opus decoded from AIC) and optionally as AIC RTP; detaches
+    /// cleanly on exit, SIGINT or SIGTERM, printing a summary (latency, CPU, bitrates).
+    Janus(AttachJanusArgs),
+}
+
+#[derive(clap::Args)]
+struct AttachJanusArgs {
+    /// Janus HTTP API root.
+    #[arg(long, default_value = "http://127.0.0.1:8088/janus")]
+    url: String,
+    #[arg(long)]
+    room: u64,
+    /// The VideoRoom publisher (participant id) whose audio goes through AIC.
+    #[arg(long)]
+    publisher: u64,
+    /// The publisher's audio mid (default: read from the room).
+    #[arg(long)]
+    mid: Option<String>,
+    /// `inproc` (the pipeline in this process) or the socket of `aic serve --bridge-socket`.
+    #[arg(long, default_value = "inproc")]
+    pipeline: String,
+    /// AIC level (codebooks sent).
+    #[arg(long, default_value_t = 6)]
+    level: u8,
+    /// Latency budget inside the pipeline per frame, ms.
+    #[arg(long, default_value_t = 40)]
+    budget_ms: u32,
+    /// Streaming mountpoint id to create for the processed audio.
+    #[arg(long, default_value_t = 4242)]
+    mountpoint: u64,
+    /// Also send the AIC RTP (with the frame-meta extension) to this UDP address.
+    #[arg(long)]
+    aic_dest: Option<std::net::SocketAddr>,
+    #[arg(long, default_value_t = 120)]
+    aic_pt: u8,
+    #[arg(long, default_value_t = 5)]
+    aic_ext_id: u8,
+    /// Bitrate of the Opus re-encoded for legacy receivers, kbps.
+    #[arg(long, default_value_t = 32)]
+    opus_kbps: u32,
+    /// Jitter buffer playout delay, ms.
+    #[arg(long, default_value_t = 60)]
+    jitter_ms: u32,
+    /// Seconds to wait for the publisher's audio to appear in the room.
+    #[arg(long, default_value_t = 10.0)]
+    wait: f64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Also write the summary (JSON) here.
+    #[arg(long)]
+    summary: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -251,6 +313,38 @@ fn run(cli: Cli) -> Result<()> {
                     bridge_socket,
                 },
             )?;
+        }
+        Cmd::Attach(AttachCmd::Janus(a)) => {
+            if !(1..=12).contains(&a.level) {
+                bail!("--level {} not in 1..=12", a.level);
+            }
+            if !(1..=14).contains(&a.aic_ext_id) || !(96..=127).contains(&a.aic_pt) {
+                bail!("--aic-ext-id must be in 1..=14 and --aic-pt in 96..=127");
+            }
+            if !(6..=128).contains(&a.opus_kbps) || !(20..=500).contains(&a.jitter_ms) {
+                bail!("--opus-kbps must be in 6..=128 and --jitter-ms in 20..=500");
+            }
+            attach::run(&attach::Options {
+                url: a.url,
+                room: a.room,
+                publisher: a.publisher,
+                mid: a.mid,
+                pipeline: a.pipeline,
+                model_dir: model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir),
+                level: a.level,
+                budget_ms: a.budget_ms,
+                mountpoint: a.mountpoint,
+                aic_dest: a.aic_dest,
+                aic_pt: a.aic_pt,
+                aic_ext_id: a.aic_ext_id,
+                opus_kbps: a.opus_kbps,
+                jitter_ms: a.jitter_ms,
+                wait: std::time::Duration::from_secs_f64(a.wait.clamp(0.0, 600.0)),
+                duration: a
+                    .duration
+                    .map(|d| std::time::Duration::from_secs_f64(d.clamp(0.0, 86_400.0))),
+                summary: a.summary,
+            })?;
         }
         Cmd::Codecs => {
             for d in reg.iter() {

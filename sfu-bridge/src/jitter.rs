@@ -61,6 +61,7 @@ pub struct JitterStats {
 #[derive(Debug, Default)]
 struct Slot {
     seq: Option<u64>,
+    arrived: Option<Instant>,
     payload: Vec<u8>,
 }
 
@@ -72,6 +73,8 @@ pub struct JitterBuffer {
     base: Option<(u64, Instant)>,
     next: u64,
     highest: u64,
+    /// Arrival time of the packet the last [`Playout::Frame`] came from.
+    last_arrival: Option<Instant>,
     pub stats: JitterStats,
 }
 
@@ -84,6 +87,7 @@ impl JitterBuffer {
             base: None,
             next: 0,
             highest: 0,
+            last_arrival: None,
             stats: JitterStats::default(),
         }
     }
@@ -132,6 +136,7 @@ impl JitterBuffer {
             return Push::Duplicate;
         }
         slot.seq = Some(ext);
+        slot.arrived = Some(now);
         slot.payload.clear();
         slot.payload.extend_from_slice(payload);
         self.highest = self.highest.max(ext);
@@ -142,6 +147,19 @@ impl JitterBuffer {
     /// When the next frame is due (for the driver's sleep), if the stream has started.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.due(self.next)
+    }
+
+    /// The payload of frame `ext` if it is buffered (not yet played): the packet after a loss
+    /// carries the lost frame's Opus in-band FEC.
+    pub fn peek(&self, ext: u64) -> Option<&[u8]> {
+        let n = self.slots.len() as u64;
+        let slot = &self.slots[(ext % n) as usize];
+        (slot.seq == Some(ext)).then_some(slot.payload.as_slice())
+    }
+
+    /// When the packet of the last [`Playout::Frame`] arrived (for latency accounting).
+    pub fn last_arrival(&self) -> Option<Instant> {
+        self.last_arrival
     }
 
     /// The next frame whose playout time has come, its payload written to `out` (cleared).
@@ -156,6 +174,7 @@ impl JitterBuffer {
         let slot = &mut self.slots[(ext % n) as usize];
         if slot.seq == Some(ext) {
             slot.seq = None;
+            self.last_arrival = slot.arrived;
             out.clear();
             out.extend_from_slice(&slot.payload);
             self.stats.played += 1;

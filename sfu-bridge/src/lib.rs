@@ -7,6 +7,9 @@
 //! * [`jitter`] — fixed-delay jitter buffer: reorder, drop duplicates/late packets, report
 //!   losses for concealment, bounded memory.
 //!
+//! * [`ingest`] — RTP in → jitter buffer → Opus decode to 16 kHz with FEC/PLC, one frame per
+//!   20 ms slot.
+//! * [`egress`] — frames out as Opus RTP (legacy receivers) and AIC RTP with frame metadata.
 //! * [`rtcp`] — RTCP sender/receiver reports (RFC 3550 §6.4): zero-copy compound parsing,
 //!   writing, and the receiver-statistics state machine (loss, jitter, LSR/DLSR) fed `now`.
 //! * [`shm`] — single-producer single-consumer rings of fixed-size slots in a sealed memfd,
@@ -16,8 +19,11 @@
 //!   [`link::LinkListener`]).
 
 pub mod aic_rtp;
+pub mod egress;
+pub mod ingest;
 pub mod jitter;
 pub mod link;
+pub mod media;
 pub mod rtcp;
 pub mod rtp;
 pub mod shm;

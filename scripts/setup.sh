@@ -18,6 +18,7 @@ APT_PACKAGES=(
   janus iproute2 util-linux python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
+  nftables                           # loss injection Janus → bridge in the real-SFU test
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -808,7 +808,10 @@ pub fn run(o: &Options) -> Result<()> {
     let setup = setup_janus(o, rtp_in, &mut side);
     let result = setup.and_then(|opus_port| {
         let dest = SocketAddr::from(([127, 0, 0, 1], opus_port));
-        eprintln!("aic attach: ready (model {})", link.model_id());
+        eprintln!(
+            "aic attach: ready (model {}, rtp in 127.0.0.1:{rtp_in})",
+            link.model_id()
+        );
         media_loop(o, &sock, dest, link.as_mut(), model_tag(o), &stop)
     });
     if let Some(s) = side.as_mut() {

@@ -2,7 +2,9 @@
 //! `aic attach janus` in a private network namespace. Asserts that the subscriber of the AIC
 //! mountpoint hears the publisher's speech (STOI and envelope correlation against what was
 //! sent), with no RTP gaps, that the AIC RTP track carries valid frames at a fraction of the
-//! publisher's bitrate, and that detaching removes the forward and the mountpoint.
+//! publisher's bitrate, and that detaching removes the forward and the mountpoint. A second
+//! run drops 5 % of the Janus → bridge datagrams (nftables) and asserts the same, plus one
+//! concealed frame (FEC or PLC) per dropped packet.
 //!
 //! Janus and libnice skip loopback interfaces for ICE, so the test re-runs itself under
 //! `unshare -n` and gives a veth the address 127.0.0.2 (`/work/shared/notes/janus.md`). Where
@@ -12,13 +14,15 @@ use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 const IN_NETNS: &str = "AIC_JANUS_TEST_IN_NETNS";
 const ROOM: u64 = 1234;
 const MOUNTPOINT: u64 = 77;
 const RECORD_S: f64 = 8.0;
+/// Loss injected on the Janus → bridge path by the loss test.
+const LOSS_PCT: u32 = 5;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -26,18 +30,39 @@ fn repo() -> PathBuf {
 
 #[test]
 fn speech_goes_through_janus_and_aic() {
+    in_own_namespace("speech_goes_through_janus_and_aic", None);
+}
+
+/// The same path with packet loss injected between Janus and the bridge (Janus's rtp_forward
+/// to `aic attach`, UDP on 127.0.0.1): an nftables rule drops a random `LOSS_PCT` % of the
+/// forward's datagrams (`sch_netem` is not in every kernel; nf_tables' `numgen random` is, and
+/// its counters say exactly how many were dropped). The bridge conceals every lost frame (Opus
+/// in-band FEC from the next packet, else PLC), so the subscriber still sees no gaps.
+#[test]
+fn speech_survives_loss_between_janus_and_bridge() {
+    in_own_namespace(
+        "speech_survives_loss_between_janus_and_bridge",
+        Some(LOSS_PCT),
+    );
+}
+
+/// Each test runs in its own network namespace, one at a time (two Janus + pipelines at once
+/// would starve the CPU and turn into late packets).
+fn in_own_namespace(test: &str, loss_pct: Option<u32>) {
     if std::env::var_os(IN_NETNS).is_some() {
-        inside_namespace();
+        inside_namespace(loss_pct);
         return;
     }
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let can = Command::new("unshare")
         .args(["-n", "true"])
         .status()
         .is_ok_and(|s| s.success());
     if !can {
         eprintln!(
-            "\n*** SKIPPED speech_goes_through_janus_and_aic: cannot create a network namespace \
-             here (`unshare -n` failed; needs root or CAP_SYS_ADMIN). The real-SFU test did NOT run. ***\n"
+            "\n*** SKIPPED {test}: cannot create a network namespace here (`unshare -n` failed; \
+             needs root or CAP_SYS_ADMIN). The real-SFU test did NOT run. ***\n"
         );
         return;
     }
@@ -45,16 +70,11 @@ fn speech_goes_through_janus_and_aic() {
     let st = Command::new("unshare")
         .arg("-n")
         .arg(exe)
-        .args([
-            "--exact",
-            "speech_goes_through_janus_and_aic",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(IN_NETNS, "1")
         .status()
         .expect("run the test inside unshare -n");
-    assert!(st.success(), "the Janus test failed inside its namespace");
+    assert!(st.success(), "{test} failed inside its namespace");
 }
 
 /// Kills (SIGKILL) every child still running when dropped: no process outlives the test.
@@ -209,7 +229,7 @@ fn pearson(a: &[f32], b: &[f32]) -> f32 {
     sab / (saa * sbb).sqrt().max(1e-9)
 }
 
-fn inside_namespace() {
+fn inside_namespace(loss_pct: Option<u32>) {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     sh("ip", &["link", "set", "lo", "up"]);
@@ -330,7 +350,14 @@ fn inside_namespace() {
     let att_err = lines("attach", attach.stderr.take().unwrap());
     let attach_pid = attach.id();
     procs.0.push(("aic attach".into(), attach));
-    wait_line(&att_err, "ready", Duration::from_secs(30));
+    let ready = wait_line(&att_err, "ready", Duration::from_secs(30));
+    let loss = loss_pct.map(|pct| {
+        let port: u16 = ready
+            .rsplit_once("rtp in 127.0.0.1:")
+            .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+            .unwrap_or_else(|| panic!("no RTP port in {ready:?}"));
+        inject_loss(t, port, pct)
+    });
 
     let rec = t.join("heard.wav");
     let sub = Command::new("/usr/bin/python3")
@@ -401,7 +428,7 @@ fn inside_namespace() {
     );
     assert_eq!(
         stats["gaps"], 0,
-        "sequence gaps with no loss injected: {stats}"
+        "sequence gaps seen by the subscriber (the bridge conceals losses): {stats}"
     );
 
     // The bridge: every frame through AIC, nothing malformed, AIC far below the publisher.
@@ -420,6 +447,45 @@ fn inside_namespace() {
         "AIC/publisher bitrate ratio {ratio}"
     );
     assert!(s["latency_rtp_in_to_rtp_out"]["p50_ms"].as_f64().unwrap() > 0.0);
+
+    // Loss: what nftables dropped shows up as concealed frames, one each.
+    let fec = s["frames"]["fec"].as_u64().unwrap();
+    let plc = s["frames"]["plc"].as_u64().unwrap();
+    let rtp_in = s["rtp_in"]["packets"].as_u64().unwrap();
+    if let Some(l) = &loss {
+        let (forwarded, dropped) = l.counters();
+        eprintln!(
+            "loss: {dropped} of {forwarded} forwarded datagrams dropped ({:.1} %); bridge: \
+             {rtp_in} RTP in, {fec} frames from FEC, {plc} by PLC",
+            100.0 * dropped as f64 / forwarded.max(1) as f64
+        );
+        // Enough datagrams were dropped to mean something (5 % of ≥ 400: ~20; P(< 5) ≈ 1e-5).
+        assert!(dropped >= 5, "only {dropped} of {forwarded} dropped");
+        // Everything not dropped reached the bridge, give or take a few: some arrive before
+        // the rule is in place (the forward starts before `ready`), some after the bridge
+        // stopped reading.
+        assert!(
+            (rtp_in + dropped).abs_diff(forwarded) <= 5,
+            "{rtp_in} RTP in, {forwarded} forwarded, {dropped} dropped"
+        );
+        // One concealed frame per dropped packet, give or take late packets and the edges.
+        let concealed = fec + plc;
+        let tol = 3 + dropped / 5;
+        assert!(
+            concealed + tol >= dropped && concealed <= dropped + tol,
+            "{concealed} concealed frames ({fec} FEC + {plc} PLC) for {dropped} dropped packets"
+        );
+        // The publisher sends in-band FEC: isolated losses are rebuilt from the next packet.
+        assert!(
+            fec > 0,
+            "no frame rebuilt from FEC ({plc} PLC, {dropped} dropped)"
+        );
+    } else {
+        assert!(
+            fec + plc <= 3,
+            "{fec} FEC + {plc} PLC frames with no loss injected"
+        );
+    }
 
     // The AIC RTP track: valid packets with the frame-meta extension.
     let (n, ok, _bytes, _tags) = aic_rx.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -452,4 +518,60 @@ fn inside_namespace() {
     assert!(best > 0.7, "envelope correlation {best}");
     assert!(stoi > 0.5, "STOI {stoi}");
     drop(procs);
+}
+
+/// An nftables table in the test's namespace dropping `pct` % of the UDP datagrams to `port`
+/// at random, with counters for all datagrams to that port and for the dropped ones.
+struct Loss {
+    table: &'static str,
+}
+
+fn inject_loss(dir: &Path, port: u16, pct: u32) -> Loss {
+    let table = "aic_test_loss";
+    let rules = format!(
+        "table ip {table} {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tudp dport {port} counter\n\
+         \t\tudp dport {port} numgen random mod 100 < {pct} counter drop\n\
+         \t}}\n}}\n"
+    );
+    let f = dir.join("loss.nft");
+    std::fs::write(&f, rules).unwrap();
+    let st = Command::new("nft")
+        .arg("-f")
+        .arg(&f)
+        .status()
+        .expect("run nft (nftables, installed by scripts/setup.sh)");
+    assert!(st.success(), "nft -f {} failed", f.display());
+    eprintln!("loss: dropping {pct} % of UDP to 127.0.0.1:{port} (nftables numgen)");
+    Loss { table }
+}
+
+impl Loss {
+    /// (datagrams to the port, datagrams dropped) so far.
+    fn counters(&self) -> (u64, u64) {
+        let out = Command::new("nft")
+            .args(["-j", "list", "table", "ip", self.table])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "nft list table {}", self.table);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let (mut all, mut dropped) = (None, None);
+        for item in v["nftables"].as_array().unwrap() {
+            let Some(expr) = item["rule"]["expr"].as_array() else {
+                continue;
+            };
+            let n = expr
+                .iter()
+                .find_map(|e| e["counter"]["packets"].as_u64())
+                .unwrap();
+            if expr.iter().any(|e| e.get("drop").is_some()) {
+                dropped = Some(n);
+            } else {
+                all = Some(n);
+            }
+        }
+        (all.unwrap(), dropped.unwrap())
+    }
 }

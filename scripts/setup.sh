@@ -14,6 +14,7 @@ APT_PACKAGES=(
   protobuf-compiler                  # protoc for the gRPC code (proto/)
   python3 python3-venv python3-dev   # .venv for ONNX Runtime and the optional evaluator
   ffmpeg espeak-ng sox               # corpus preparation and fixture generation
+  postgresql                         # the control store's PostgreSQL tests (scripts/pg-test.sh)
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -17,6 +17,8 @@ cargo check --manifest-path fuzz/Cargo.toml --locked
 echo "== tests (unit, property, integration, doc; benches run once in test mode)" >&2
 cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
+echo "== control store against a real PostgreSQL (throwaway cluster on 127.0.0.1)" >&2
+bash scripts/pg-test.sh --locked 2>&1 | tee -a "$log"
 echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
 cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked 2>&1 | tee -a "$log"
 

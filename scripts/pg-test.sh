@@ -29,7 +29,7 @@ as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
 as_pg "$bin/createdb" -h 127.0.0.1 -p "$port" -U postgres aic_test
 
 export AIC_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/aic_test"
-echo "pg-test: PostgreSQL $("$bin/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port" >&2
+echo "pg-test: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port" >&2
 cargo test -p aic-control --test store "$@" -- --nocapture postgres_store 2>&1 | tee "$dir/test.log"
 grep -q "ran against a real PostgreSQL" "$dir/test.log" \
   || { echo "pg-test: the PostgreSQL store test did not run" >&2; exit 1; }

@@ -224,6 +224,10 @@ pub fn init_logging(s: &Settings) {
     let level: tracing::Level = s.log_level.parse().unwrap_or(tracing::Level::INFO);
     let b = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not take the server down: tracing-subscriber would otherwise
+        // report the failed write with `eprintln!`, which panics on a broken pipe.
+        .log_internal_errors(false)
         .with_max_level(level)
         .with_target(false);
     // A second init (tests in one process) keeps the first subscriber.

@@ -961,6 +961,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         .build()?;
     rt.block_on(async move {
         // The control plane first: a server that cannot check keys or meter must not serve.
+        aic_control::service::ensure_data_dir(&opts.data_dir)?;
         let store = aic_control::store::Store::open(&opts.store_url)
             .await
             .with_context(|| format!("opening the control store {}", redact(&opts.store_url)))?;

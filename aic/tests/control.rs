@@ -445,12 +445,13 @@ async fn keys_policies_limits_metering_and_audit() {
     );
     assert_eq!(encode_session(&mut c, &a, 2, 3).await.unwrap().len(), 3);
 
-    // Metering: flushed within the flush interval; encode sessions counted with bytes saved.
+    // Metering: flushed within the flush interval. Key A carried six sessions: five encode
+    // (50, 10 then vanished, 20, 5 and 3 frames) and one decode; a session is counted when it
+    // has ended (its last output is through), so wait for all six.
     let t0 = Instant::now();
     let u = loop {
         if let Some(u) = usage_of(&mut ctl, &token, &a_id).await
-            && u.media_seconds_encoded >= 1.55
-            && u.media_seconds_decoded > 0.0
+            && u.sessions >= 6
         {
             break u;
         }
@@ -460,7 +461,11 @@ async fn keys_policies_limits_metering_and_audit() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
-    assert!(u.sessions >= 5, "{u:?}");
+    assert_eq!(u.sessions, 6, "{u:?}");
+    assert!(
+        (u.media_seconds_decoded - aic.len() as f64 * 0.02).abs() < 1e-9,
+        "{u:?}"
+    );
     assert!(u.bytes_in >= 50 * 640, "{u:?}");
     assert!(u.bytes_saved > 0 && u.bytes_out > 0, "{u:?}");
     // The vanished client's frames that were processed are metered too (≥ 1.0 s from the

@@ -341,17 +341,26 @@ impl ControlService for Control {
     }
 }
 
-/// The admin token kept in the data directory (`admin.token`, mode 0600): read if there, made
-/// at first start otherwise. Returns the token and whether it was just made.
-pub fn admin_token_in(data_dir: &std::path::Path) -> crate::Result<(String, bool)> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-    let io = |what: String| move |source| Error::Io { what, source };
+/// Creates the data directory (mode 0700: it holds the admin token and the store) if absent.
+pub fn ensure_data_dir(data_dir: &std::path::Path) -> crate::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(data_dir)
-        .map_err(io(format!("creating {}", data_dir.display())))?;
+        .map_err(|source| Error::Io {
+            what: format!("creating {}", data_dir.display()),
+            source,
+        })
+}
+
+/// The admin token kept in the data directory (`admin.token`, mode 0600): read if there, made
+/// at first start otherwise. Returns the token and whether it was just made.
+pub fn admin_token_in(data_dir: &std::path::Path) -> crate::Result<(String, bool)> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |what: String| move |source| Error::Io { what, source };
+    ensure_data_dir(data_dir)?;
     let path = data_dir.join("admin.token");
     match std::fs::read_to_string(&path) {
         Ok(t) => {

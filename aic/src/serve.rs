@@ -991,6 +991,9 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         health_reporter
             .set_serving::<CodecServiceServer<Svc>>()
             .await;
+        health_reporter
+            .set_serving::<ControlServiceServer<aic_control::service::Control>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(aic_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -20,6 +20,7 @@ APT_PACKAGES=(
   gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
   nftables                           # loss injection Janus → bridge in the real-SFU test
+  postgresql                         # the control store's PostgreSQL tests (scripts/pg-test.sh)
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -20,6 +20,8 @@ cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 echo "== loom: every interleaving of the shared-memory ring protocol (bounded preemptions)" >&2
 RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 CARGO_TARGET_DIR=target/loom \
   cargo test -p aic-sfu-bridge --lib --release --locked shm::index 2>&1 | tee -a "$log"
+echo "== control store against a real PostgreSQL (throwaway cluster on 127.0.0.1)" >&2
+bash scripts/pg-test.sh --locked 2>&1 | tee -a "$log"
 echo "== GPU execution providers compiled in, failing cleanly without a device" >&2
 cargo test -p aic-pipeline --features cuda,tensorrt --test providers --locked 2>&1 | tee -a "$log"
 

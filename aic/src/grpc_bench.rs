@@ -59,7 +59,16 @@ fn start_server(model_dir: &Path, slots: usize) -> Result<(ServerProcess, String
             "off",
             "--max-streams",
             &slots.to_string(),
+            // The bench measures the codec path on loopback: no keys, and a throwaway store.
+            "--auth",
+            "off",
+            "--meter-flush-secs",
+            "3600",
         ])
+        .env(
+            "AIC_DATA_DIR",
+            std::env::temp_dir().join(format!("aic-bench-grpc-{}", std::process::id())),
+        )
         .stderr(Stdio::piped())
         .spawn()
         .context("starting aic serve")?;

@@ -1,9 +1,11 @@
 //! `aic` — the AIC command line.
 
+mod admin;
 mod attach;
 mod audio;
 mod bench;
 mod bridge_server;
+mod config;
 mod external;
 mod grpc_bench;
 mod janus;
@@ -39,24 +41,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the gRPC codec API (EncodeStream, DecodeStream, Encode, Decode, Hints, ListModels,
-    /// health, reflection) and Prometheus metrics. Settings: flag > environment (AIC_*) > default.
-    Serve {
-        #[arg(long, env = "AIC_LISTEN", default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// Pipeline slots: concurrent streams (each gRPC session is one).
-        #[arg(long, env = "AIC_MAX_STREAMS", default_value_t = 64)]
-        max_streams: usize,
-        /// Pipeline worker threads (each loads its own model sessions). Default: one per CPU.
-        #[arg(long, env = "AIC_WORKERS")]
-        workers: Option<usize>,
-        /// Serve Prometheus metrics over HTTP here ("off" to disable).
-        #[arg(long, env = "AIC_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
-        metrics_listen: String,
-        /// Also serve the SFU bridge link (`aic attach janus`) on this Unix socket. Off unless
-        /// given; a stale socket file from a dead server is replaced.
-        #[arg(long, env = "AIC_BRIDGE_SOCKET")]
-        bridge_socket: Option<PathBuf>,
-    },
+    /// health, reflection), the control API (tenants, keys, policy, usage, audit) and Prometheus
+    /// metrics. Settings: flag > environment (AIC_*) > config file > default.
+    Serve(config::ServeArgs),
+    /// Administer tenants, API keys, policies; read usage and the audit log (over the
+    /// ControlService gRPC API of a running `aic serve`).
+    Admin(admin::AdminArgs),
     /// List registered codecs and whether they can run here.
     Codecs,
     /// Encode a WAV file into a self-describing .aic file.
@@ -285,32 +275,43 @@ fn run(cli: Cli) -> Result<()> {
     let reg = registry(cli.model.as_deref());
     let model_dir = cli.model.clone();
     match cli.cmd {
-        Cmd::Serve {
-            listen,
-            max_streams,
-            metrics_listen,
-            workers,
-            bridge_socket,
-        } => {
-            let workers = check_workers(workers)?;
-            let metrics_listen = match metrics_listen.as_str() {
-                "off" => None,
-                a => Some(a.parse().with_context(|| {
-                    format!("--metrics-listen {a:?} is not an address or \"off\"")
-                })?),
+        Cmd::Serve(args) => {
+            let file = match &args.config {
+                Some(p) => config::read_file(p)?,
+                None => config::FileConfig::default(),
             };
-            if !(1..=1024).contains(&max_streams) {
-                bail!("--max-streams {max_streams} not in 1..=1024");
+            let env_token = std::env::var("AIC_ADMIN_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            let s = config::resolve(&args, file, env_token, default_workers())?;
+            if args.print_config {
+                print!("{}", toml::to_string(&s)?);
+                return Ok(());
             }
+            config::init_logging(&s);
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
             serve::run(
                 &dir,
                 &serve::Options {
-                    listen,
-                    max_streams,
-                    metrics_listen,
-                    workers,
-                    bridge_socket,
+                    listen: s.listen,
+                    max_streams: s.max_streams,
+                    metrics_listen: match s.metrics_listen.as_str() {
+                        "off" => None,
+                        a => Some(a.parse()?),
+                    },
+                    workers: s.workers,
+                    data_dir: s.data_dir,
+                    store_url: s.store_url,
+                    bridge_socket: s.bridge_socket,
+                    auth: if s.auth == "off" {
+                        aic_control::gate::Auth::Off
+                    } else {
+                        aic_control::gate::Auth::On
+                    },
+                    admin_token: s.admin_token,
+                    key_cache_ttl: std::time::Duration::from_secs(s.key_cache_ttl_secs),
+                    meter_flush: std::time::Duration::from_secs(s.meter_flush_secs),
+                    shutdown_grace: std::time::Duration::from_secs(s.shutdown_grace_secs),
                 },
             )?;
         }
@@ -346,6 +347,7 @@ fn run(cli: Cli) -> Result<()> {
                 summary: a.summary,
             })?;
         }
+        Cmd::Admin(args) => admin::run(args)?,
         Cmd::Codecs => {
             for d in reg.iter() {
                 let status = match d.factory.availability() {

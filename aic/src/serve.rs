@@ -7,8 +7,12 @@
 //!
 //! In this build: `EncodeStream`, `DecodeStream`, unary `Encode`/`Decode` (≤ 60 s),
 //! `ListModels`, `Hints` (from the model's measured rate–quality table), the standard health
-//! service, server reflection and Prometheus `/metrics`. Not yet: API keys and the control
-//! sidecar (tenants, policies, usage, audit; SQLite/PostgreSQL), config files.
+//! service, server reflection and Prometheus `/metrics`; and, beside them on the same port, the
+//! control sidecar `ControlService` (`aic-control`: tenants, API keys, policy, usage, audit).
+//!
+//! Every codec call shows an API key when it opens (`aic_control::gate`: checked through a
+//! short-TTL cache, never per frame), is held to the key's policy and concurrent-session limit,
+//! and is metered until it ends; usage is flushed to the store periodically and at shutdown.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,11 +22,14 @@ use std::time::Duration;
 
 use aic_codec::codec::{Decoder as _, Encoder as _};
 use aic_codec::resample::FrameResampler;
+use aic_control::gate::{Auth, Gate, Ticket};
+use aic_control::policy::{KeyGrant, Want};
 use aic_pipeline::driver::{Pipeline, StreamSender};
 use aic_pipeline::engine::{EngineConfig, EngineError, Output, Payload, StreamConfig};
 use aic_pipeline::hints::{Mode, NetState, RateQualityTable};
 use aic_pipeline::model::AicModel;
 use aic_proto::v1::codec_service_server::{CodecService, CodecServiceServer};
+use aic_proto::v1::control_service_server::ControlServiceServer;
 use aic_proto::v1::{
     DecodeClipRequest, DecodeClipResponse, DecodeRequest, DecodeResponse, EncodeClipRequest,
     EncodeClipResponse, EncodeRequest, EncodeResponse, HintMode, HintsRequest, HintsResponse,
@@ -50,6 +57,17 @@ pub struct Options {
     pub workers: usize,
     /// Serve the bridge link (`aic_sfu_bridge::link`) on this Unix socket (None: off).
     pub bridge_socket: Option<std::path::PathBuf>,
+    /// Holds the SQLite store and the admin token file.
+    pub data_dir: std::path::PathBuf,
+    /// Control store: `sqlite://…` or `postgres://…`.
+    pub store_url: String,
+    pub auth: Auth,
+    /// From the config file or `AIC_ADMIN_TOKEN`; else `<data_dir>/admin.token` (made if absent).
+    pub admin_token: Option<String>,
+    pub key_cache_ttl: Duration,
+    pub meter_flush: Duration,
+    /// How long open sessions may run on after SIGTERM before they are cut.
+    pub shutdown_grace: Duration,
 }
 
 /// Per-session accounting: the open-sessions gauge, and the per-method request counter with the
@@ -84,6 +102,8 @@ fn code_name(s: &Status) -> &'static str {
         tonic::Code::ResourceExhausted => "resource_exhausted",
         tonic::Code::FailedPrecondition => "failed_precondition",
         tonic::Code::Unavailable => "unavailable",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission_denied",
         _ => "error",
     }
 }
@@ -95,6 +115,7 @@ struct Svc {
     model: Arc<AicModel>,
     /// The model's measured rate–quality table (`rate_quality.json` beside the manifest).
     table: Result<RateQualityTable, String>,
+    gate: Arc<Gate>,
 }
 
 fn pcm_from_s16le(b: &[u8]) -> Vec<f32> {
@@ -194,7 +215,10 @@ impl CodecService for Svc {
         &self,
         req: Request<EncodeClipRequest>,
     ) -> Result<Response<EncodeClipResponse>, Status> {
-        let r = self.encode_clip(req.into_inner()).await;
+        let r = match self.gate.authenticate(req.metadata()).await {
+            Ok(grant) => self.encode_clip(&grant, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         count_rpc("Encode", r.as_ref().err().map_or("ok", code_name));
         r.map(Response::new)
     }
@@ -203,21 +227,36 @@ impl CodecService for Svc {
         &self,
         req: Request<DecodeClipRequest>,
     ) -> Result<Response<DecodeClipResponse>, Status> {
-        let r = self.decode_clip(req.into_inner()).await;
+        let r = match self.gate.authenticate(req.metadata()).await {
+            Ok(grant) => self.decode_clip(&grant, req.into_inner()).await,
+            Err(e) => Err(e),
+        };
         count_rpc("Decode", r.as_ref().err().map_or("ok", code_name));
         r.map(Response::new)
     }
 
     async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
-        let r = self.hints_inner(req.into_inner());
+        let r = match self.gate.authenticate(req.metadata()).await {
+            Ok(grant) => self.hints_inner(&grant, req.into_inner()),
+            Err(e) => Err(e),
+        };
         count_rpc("Hints", r.as_ref().err().map_or("ok", code_name));
         r.map(Response::new)
     }
 
     async fn list_models(
         &self,
-        _: Request<ListModelsRequest>,
+        req: Request<ListModelsRequest>,
     ) -> Result<Response<ListModelsResponse>, Status> {
+        let grant = self
+            .gate
+            .authenticate(req.metadata())
+            .await
+            .inspect_err(|e| count_rpc("ListModels", code_name(e)))?;
+        self.gate
+            .admit(&grant, Want::ListModels)
+            .inspect_err(|e| count_rpc("ListModels", code_name(e)))
+            .map(drop)?;
         let m = &self.model.manifest;
         Ok(Response::new(ListModelsResponse {
             models: vec![ModelInfo {
@@ -281,7 +320,8 @@ fn run_clip<T: Send + 'static>(
 impl Svc {
     /// Validates an encode session's parameters; returns the level to use (0 = the model's
     /// highest level).
-    fn check_encode_open(&self, open: &aic_proto::v1::EncodeOpen) -> Result<u32, Status> {
+    /// `cap`: the highest level the caller's key allows (level 0 asks for it).
+    fn check_encode_open(&self, open: &aic_proto::v1::EncodeOpen, cap: u32) -> Result<u32, Status> {
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
                 "codec {:?} not served (\"aic\")",
@@ -292,7 +332,7 @@ impl Svc {
         let m = &self.model.manifest;
         let k = m.num_codebooks as u32;
         let level = if open.level == 0 {
-            u32::from(*m.levels.last().unwrap_or(&1))
+            u32::from(*m.levels.last().unwrap_or(&1)).min(cap.max(1))
         } else {
             open.level
         };
@@ -304,11 +344,23 @@ impl Svc {
         Ok(level)
     }
 
-    async fn encode_clip(&self, r: EncodeClipRequest) -> Result<EncodeClipResponse, Status> {
+    /// The level cap of a key for this model.
+    fn cap(&self, grant: &KeyGrant) -> u32 {
+        grant
+            .policy
+            .level_cap(self.model.manifest.num_codebooks as u32)
+    }
+
+    async fn encode_clip(
+        &self,
+        grant: &KeyGrant,
+        r: EncodeClipRequest,
+    ) -> Result<EncodeClipResponse, Status> {
         let open = r
             .open
             .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
-        let level = self.check_encode_open(&open)?;
+        let level = self.check_encode_open(&open, self.cap(grant))?;
+        let ticket = self.gate.admit(grant, Want::Encode { level })?;
         let samples = r.pcm_s16le.len() / 2;
         if samples > MAX_CLIP_SECONDS * open.sample_rate as usize {
             return Err(Status::resource_exhausted(format!(
@@ -348,9 +400,18 @@ impl Svc {
         cfg.budget = budget(open.latency_budget_ms)?;
         metrics::counter!("aic_bytes_in_total", "method" => "Encode")
             .increment(r.pcm_s16le.len() as u64);
+        ticket.meter.counters.bytes_in(r.pcm_s16le.len() as u64);
         let outs = run_clip(self.pipeline.clone(), cfg, frames, |s, f| s.push_pcm(f))
             .await
             .map_err(|e| Status::internal(e.to_string()))??;
+        let ref_bytes = reference_frame_bytes(open.reference_opus_kbps);
+        for o in &outs {
+            let n = match &o.payload {
+                Payload::Aic(b) | Payload::OpusFallback(b) => b.len(),
+                _ => 0,
+            };
+            meter_encoded(&ticket, n, ref_bytes);
+        }
         let frames = outs
             .into_iter()
             .map(|o| {
@@ -376,7 +437,11 @@ impl Svc {
         })
     }
 
-    async fn decode_clip(&self, r: DecodeClipRequest) -> Result<DecodeClipResponse, Status> {
+    async fn decode_clip(
+        &self,
+        grant: &KeyGrant,
+        r: DecodeClipRequest,
+    ) -> Result<DecodeClipResponse, Status> {
         let open = r
             .open
             .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
@@ -408,6 +473,11 @@ impl Svc {
         }
         let mut cfg = StreamConfig::decode();
         cfg.budget = budget(open.latency_budget_ms)?;
+        let ticket = self.gate.admit(grant, Want::Decode)?;
+        ticket
+            .meter
+            .counters
+            .bytes_in(r.frames.iter().map(|f| f.len() as u64).sum());
         let outs = run_clip(self.pipeline.clone(), cfg, r.frames, |s, f| {
             s.push_aic((!f.is_empty()).then_some(f))
         })
@@ -422,6 +492,7 @@ impl Svc {
             )
         };
         let (mut pcm, mut up, mut concealed) = (Vec::new(), Vec::new(), 0u32);
+        let n_frames = outs.len() as u64;
         for o in outs {
             let p = match o.payload {
                 Payload::Pcm(p) => p,
@@ -444,13 +515,16 @@ impl Svc {
                 }
             }
         }
+        let pcm_s16le = s16le_from_pcm(&pcm);
+        ticket.meter.counters.decoded_ms(20 * n_frames);
+        ticket.meter.counters.bytes_out(pcm_s16le.len() as u64);
         Ok(DecodeClipResponse {
-            pcm_s16le: s16le_from_pcm(&pcm),
+            pcm_s16le,
             concealed_frames: concealed,
         })
     }
 
-    fn hints_inner(&self, r: HintsRequest) -> Result<HintsResponse, Status> {
+    fn hints_inner(&self, grant: &KeyGrant, r: HintsRequest) -> Result<HintsResponse, Status> {
         let table = self
             .table
             .as_ref()
@@ -461,15 +535,44 @@ impl Svc {
             Ok(HintMode::Adaptive | HintMode::Unspecified) => Mode::Adaptive,
             Err(_) => return Err(Status::invalid_argument(format!("unknown mode {}", r.mode))),
         };
+        let pmode = match mode {
+            Mode::Conservative => aic_control::policy::Mode::Conservative,
+            Mode::Adaptive => aic_control::policy::Mode::Adaptive,
+            Mode::Aggressive => aic_control::policy::Mode::Aggressive,
+        };
+        drop(self.gate.admit(grant, Want::Hints { mode: pmode })?);
         let net = NetState {
             bandwidth_kbps: r.bandwidth_kbps,
             loss: r.loss,
             rtt_ms: r.rtt_ms,
             jitter_ms: r.jitter_ms,
         };
-        let h = table
+        let mut h = table
             .hint(&net, mode)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cap = self.cap(grant);
+        if h.use_aic && u32::from(h.level) > cap {
+            // Never recommend a level the key may not encode at.
+            h.level = cap as u8;
+            // The measured row of the capped level, when the table has one.
+            match table
+                .rows
+                .iter()
+                .find(|r| r.codec == "aic" && r.point == format!("L{cap}"))
+            {
+                Some(row) => {
+                    h.bitrate_kbps = row.bitrate_kbps;
+                    h.expected = row.clone();
+                }
+                None => {
+                    h.bitrate_kbps = expected_kbps(&self.model, h.level);
+                    h.expected.stoi = None;
+                    h.expected.pesq_wb = None;
+                    h.expected.visqol = None;
+                }
+            }
+            h.reason = format!("{} (capped at this API key's max level {cap})", h.reason);
+        }
         Ok(HintsResponse {
             use_aic: h.use_aic,
             level: u32::from(h.level),
@@ -485,6 +588,7 @@ impl Svc {
         &self,
         req: Request<Streaming<EncodeRequest>>,
     ) -> Result<Response<RespStream<EncodeResponse>>, Status> {
+        let grant = self.gate.authenticate(req.metadata()).await?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty stream: the first message must be `open`")
@@ -492,17 +596,14 @@ impl Svc {
         let Some(encode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
-        let level = self.check_encode_open(&open)?;
+        let level = self.check_encode_open(&open, self.cap(&grant))?;
         let mut cfg = StreamConfig::encode(level as u8);
         cfg.budget = budget(open.latency_budget_ms)?;
+        let ticket = self.gate.admit(&grant, Want::Encode { level })?;
+        let counters = ticket.meter.counters.clone();
         let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
         let guard = SessionGuard::new("EncodeStream");
-        let ref_kbps = if open.reference_opus_kbps == 0 {
-            32
-        } else {
-            open.reference_opus_kbps
-        };
-        let ref_bytes = f64::from(ref_kbps) * 1000.0 / 8.0 * 0.02;
+        let ref_bytes = reference_frame_bytes(open.reference_opus_kbps);
         let frame_in = (open.sample_rate / 50) as usize;
         let mut resampler = if open.sample_rate == 16_000 {
             None
@@ -525,9 +626,9 @@ impl Svc {
                 .increment(1);
             metrics::counter!("aic_bytes_out_total", "method" => "EncodeStream")
                 .increment(n as u64);
-            // Metered against Opus at the stream's reference bitrate (what it would have sent).
-            metrics::counter!("aic_bytes_saved_total")
-                .increment((ref_bytes - n as f64).max(0.0) as u64);
+            // The ticket lives as long as this forwarder: the session ends when its last
+            // output is through (or the client is gone).
+            meter_encoded(&ticket, n, ref_bytes);
             let frame = match o.payload {
                 Payload::Aic(b) => encode_response::Frame::Aic(b),
                 Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
@@ -567,6 +668,7 @@ impl Svc {
                         }
                         metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
                             .increment(bytes.len() as u64);
+                        counters.bytes_in(bytes.len() as u64);
                         let pcm = pcm_from_s16le(&bytes);
                         match resampler.as_mut() {
                             None => pcm,
@@ -582,6 +684,7 @@ impl Svc {
                     Some(encode_request::Msg::Opus(packet)) => {
                         metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
                             .increment(packet.len() as u64);
+                        counters.bytes_in(packet.len() as u64);
                         // libopus decodes straight to the model's 16 kHz; a damaged packet is
                         // concealed (Opus PLC) rather than ending the session.
                         let dec = match opus_in.as_mut() {
@@ -640,6 +743,7 @@ impl Svc {
         &self,
         req: Request<Streaming<DecodeRequest>>,
     ) -> Result<Response<RespStream<DecodeResponse>>, Status> {
+        let grant = self.gate.authenticate(req.metadata()).await?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("empty stream: the first message must be `open`")
@@ -663,6 +767,8 @@ impl Svc {
         check_rate(open.sample_rate)?;
         let mut cfg = StreamConfig::decode();
         cfg.budget = budget(open.latency_budget_ms)?;
+        let ticket = self.gate.admit(&grant, Want::Decode)?;
+        let counters = ticket.meter.counters.clone();
         let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
         let guard = SessionGuard::new("DecodeStream");
         let mut resampler = if open.sample_rate == 16_000 {
@@ -709,6 +815,7 @@ impl Svc {
             };
             metrics::counter!("aic_frames_total", "direction" => "decode", "kind" => kind)
                 .increment(1);
+            ticket.meter.counters.decoded_ms(20);
             let (pcm, concealed) = match o.payload {
                 Payload::Pcm(p) => (p, false),
                 Payload::Concealed(p) => (p, true),
@@ -723,6 +830,7 @@ impl Svc {
                 let mut pkt = Vec::new();
                 enc.encode_frame(&pcm, &mut pkt)
                     .map_err(|e| Status::internal(e.to_string()))?;
+                ticket.meter.counters.bytes_out(pkt.len() as u64);
                 return Ok(DecodeResponse {
                     seq: o.seq,
                     pcm_s16le: Vec::new(),
@@ -739,9 +847,11 @@ impl Svc {
                     up.clone()
                 }
             };
+            let pcm_s16le = s16le_from_pcm(&pcm);
+            ticket.meter.counters.bytes_out(pcm_s16le.len() as u64);
             Ok(DecodeResponse {
                 seq: o.seq,
-                pcm_s16le: s16le_from_pcm(&pcm),
+                pcm_s16le,
                 opus: Vec::new(),
                 concealed,
                 server_latency_us: o.latency.as_micros() as u32,
@@ -780,6 +890,7 @@ impl Svc {
                 }
                 metrics::counter!("aic_bytes_in_total", "method" => "DecodeStream")
                     .increment(frame.len() as u64);
+                counters.bytes_in(frame.len() as u64);
                 // A corrupt frame is not a protocol error: the pipeline conceals it.
                 let frame = (!frame.is_empty()).then_some(frame);
                 match reader_credits.acquire().await {
@@ -798,6 +909,29 @@ impl Svc {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// What Opus at the stream's reference bitrate (kbps; 0 = 32, a typical WebRTC speech rate)
+/// would send per 20 ms frame: the baseline of "bytes saved".
+fn reference_frame_bytes(reference_opus_kbps: u32) -> f64 {
+    let kbps = if reference_opus_kbps == 0 {
+        32
+    } else {
+        reference_opus_kbps
+    };
+    f64::from(kbps) * 1000.0 / 8.0 * 0.02
+}
+
+/// Meters one encoded frame of `n` bytes: 20 ms of media, bytes out, and bytes saved against the
+/// reference Opus. Savings are metered on the encode side only, where the smaller frame is made;
+/// counting them again when the same frames are decoded would bill them twice.
+fn meter_encoded(ticket: &Ticket, n: usize, ref_bytes: f64) {
+    let saved = (ref_bytes - n as f64).max(0.0) as u64;
+    metrics::counter!("aic_bytes_saved_total").increment(saved);
+    let c = &ticket.meter.counters;
+    c.encoded_ms(20);
+    c.bytes_out(n as u64);
+    c.bytes_saved(saved);
 }
 
 /// Expected bitrate of a level from the model's code statistics: the entropy of each sent
@@ -828,6 +962,18 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // The control plane first: a server that cannot check keys or meter must not serve.
+        aic_control::service::ensure_data_dir(&opts.data_dir)?;
+        let store = aic_control::store::Store::open(&opts.store_url)
+            .await
+            .with_context(|| format!("opening the control store {}", redact(&opts.store_url)))?;
+        let (admin_token, token_made) = match &opts.admin_token {
+            Some(t) => (t.clone(), false),
+            None => aic_control::service::admin_token_in(&opts.data_dir)?,
+        };
+        let gate = Arc::new(Gate::new(store.clone(), opts.auth, opts.key_cache_ttl));
+        let flusher = tokio::spawn(gate.clone().run_flusher(opts.meter_flush));
+        let control = aic_control::service::Control::new(store.clone(), &admin_token);
         let per_worker = opts.max_streams.div_ceil(models.len());
         let pipeline = Arc::new(Pipeline::start_workers(
             models,
@@ -857,6 +1003,9 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CodecServiceServer<Svc>>()
+            .await;
+        health_reporter
+            .set_serving::<ControlServiceServer<aic_control::service::Control>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(aic_proto::FILE_DESCRIPTOR_SET)
@@ -890,26 +1039,86 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         if let Some(path) = &opts.bridge_socket {
             eprintln!("aic serve: bridge link on {}", path.display());
         }
+        if token_made {
+            tracing::info!(
+                path = %opts.data_dir.join("admin.token").display(),
+                "made a new admin token (mode 0600)"
+            );
+        }
+        if opts.auth == Auth::Off {
+            tracing::warn!("API keys are OFF (--auth off): every caller is served as `anonymous`");
+        }
+        tracing::info!(
+            %addr,
+            store = %redact(&opts.store_url),
+            auth = ?opts.auth,
+            "serving CodecService and ControlService"
+        );
         let svc = Svc {
             pipeline: pipeline.clone(),
             model,
             table,
+            gate: gate.clone(),
         };
-        tonic::transport::Server::builder()
+        let signalled = Arc::new(tokio::sync::Notify::new());
+        let on_signal = signalled.clone();
+        let server = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(reflection)
             .add_service(CodecServiceServer::new(svc).max_decoding_message_size(8 << 20))
+            .add_service(ControlServiceServer::new(control))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
-                shutdown_signal(),
-            )
-            .await
-            .context("gRPC server")?;
-        eprintln!("aic serve: shutting down, finishing in-flight frames");
+                async move {
+                    shutdown_signal().await;
+                    tracing::info!("shutting down: no new sessions; open ones finish");
+                    on_signal.notify_one();
+                },
+            );
+        // Open sessions finish their in-flight frames; past the grace period they are cut.
+        let grace = opts.shutdown_grace;
+        tokio::select! {
+            r = server => r.context("gRPC server")?,
+            _ = async { signalled.notified().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_s = grace.as_secs(), "grace period over; cutting open sessions");
+            }
+        }
+        flusher.abort();
         drop(bridge); // stops accepting and removes the socket file
-        drop(pipeline); // joins the worker after queued frames are done
+        let p = pipeline.clone();
+        drop(pipeline);
+        // Joins the workers after their queued frames are done.
+        tokio::task::spawn_blocking(move || drop(p)).await.ok();
+        // Sessions end as their forwarders finish; wait briefly, then flush everything metered
+        // (live sessions' progress included), so nothing is lost.
+        for _ in 0..50 {
+            if gate.meter.live_sessions() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match gate.flush().await {
+            Ok(n) => tracing::info!(accounts = n, "usage flushed"),
+            Err(e) => tracing::error!(error = %e, "final usage flush failed"),
+        }
+        store.close().await;
+        tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// A store URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// Copies the pipeline's own metrics (histograms and counters kept by the engine) into the

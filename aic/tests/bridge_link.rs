@@ -29,6 +29,8 @@ impl Server {
             .args(["--workers", "1", "--max-streams", &max_streams.to_string()])
             .arg("--bridge-socket")
             .arg(&socket)
+            .arg("--data-dir")
+            .arg(dir.path())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start aic serve");

@@ -323,6 +323,8 @@ fn inside_namespace(loss_pct: Option<u32>) {
         ])
         .arg("--bridge-socket")
         .arg(&sock)
+        .arg("--data-dir")
+        .arg(t.join("aic-data"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

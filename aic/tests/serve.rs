@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 struct Server {
     child: Child,
     addr: String,
+    _data: tempfile::TempDir,
 }
 
 impl Server {
@@ -27,6 +28,8 @@ impl Server {
     }
 
     fn start_with(max_streams: usize, metrics: &str) -> Self {
+        // Keys are not the point here (tests/control.rs tests them): auth off, own data dir.
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
             .args([
                 "serve",
@@ -36,7 +39,10 @@ impl Server {
                 &max_streams.to_string(),
                 "--metrics-listen",
                 metrics,
+                "--auth",
+                "off",
             ])
+            .env("AIC_DATA_DIR", data.path())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start aic serve");
@@ -52,6 +58,7 @@ impl Server {
         Self {
             addr: format!("http://{addr}"),
             child,
+            _data: data,
         }
     }
 

@@ -1,0 +1,308 @@
+//! `aic serve` settings: one documented precedence, **flag > environment (`AIC_*`) > config
+//! file (`--config`/`AIC_CONFIG`, TOML) > default**. Clap merges flag and environment (every
+//! field is optional there, so "not given" is visible); [`resolve`] lays that over the file and
+//! the defaults. `aic serve --print-config` shows the result without serving.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+/// Flags (each also read from its `AIC_*` variable).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in `--print-config`).
+    #[arg(long, env = "AIC_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// gRPC address [default: 127.0.0.1:50051].
+    #[arg(long, env = "AIC_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Pipeline slots: concurrent streams (each gRPC session is one) [default: 64].
+    #[arg(long, env = "AIC_MAX_STREAMS")]
+    pub max_streams: Option<usize>,
+    /// Pipeline worker threads (each loads its own model sessions) [default: one per CPU].
+    #[arg(long, env = "AIC_WORKERS")]
+    pub workers: Option<usize>,
+    /// Prometheus metrics over HTTP here, or "off" [default: 127.0.0.1:9464].
+    #[arg(long, env = "AIC_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Where the server keeps its state: the SQLite store and the admin token
+    /// [default: $XDG_DATA_HOME/aic or ~/.local/share/aic].
+    #[arg(long, env = "AIC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Control store URL: `sqlite://…` or `postgres://user@host:port/db`
+    /// [default: SQLite file control.db in the data dir].
+    #[arg(long, env = "AIC_STORE_URL")]
+    pub store_url: Option<String>,
+    /// Also serve the SFU bridge link (`aic attach janus`) on this Unix socket; a stale socket
+    /// file from a dead server is replaced [default: off].
+    #[arg(long, env = "AIC_BRIDGE_SOCKET")]
+    pub bridge_socket: Option<PathBuf>,
+    /// API keys on the codec API: "on", or "off" for local development (loopback only)
+    /// [default: on].
+    #[arg(long, env = "AIC_AUTH")]
+    pub auth: Option<String>,
+    /// Seconds a checked API key is trusted before the store is asked again; revocations apply
+    /// within this [default: 5].
+    #[arg(long, env = "AIC_KEY_CACHE_TTL_SECS")]
+    pub key_cache_ttl_secs: Option<u64>,
+    /// Seconds between usage flushes to the store (also at every session end's next flush and at
+    /// shutdown) [default: 10].
+    #[arg(long, env = "AIC_METER_FLUSH_SECS")]
+    pub meter_flush_secs: Option<u64>,
+    /// Seconds open sessions get to finish after SIGTERM before they are cut [default: 10].
+    #[arg(long, env = "AIC_SHUTDOWN_GRACE_SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log format: "text" or "json" [default: text].
+    #[arg(long, env = "AIC_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long, env = "AIC_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Print the resolved settings (TOML, secrets redacted) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The config file: the same keys as the flags, with underscores. The admin token may be given
+/// here or in `AIC_ADMIN_TOKEN` (never as a flag: flags show in `ps`).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<SocketAddr>,
+    max_streams: Option<usize>,
+    workers: Option<usize>,
+    metrics_listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    store_url: Option<String>,
+    bridge_socket: Option<PathBuf>,
+    auth: Option<String>,
+    admin_token: Option<String>,
+    key_cache_ttl_secs: Option<u64>,
+    meter_flush_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub max_streams: usize,
+    pub workers: usize,
+    pub metrics_listen: String,
+    pub data_dir: PathBuf,
+    pub store_url: String,
+    /// The SFU bridge link socket; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge_socket: Option<PathBuf>,
+    pub auth: String,
+    /// Only from the file or `AIC_ADMIN_TOKEN`; otherwise the server makes one in the data dir.
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+    pub key_cache_ttl_secs: u64,
+    pub meter_flush_secs: u64,
+    pub shutdown_grace_secs: u64,
+    pub log_format: String,
+    pub log_level: String,
+}
+
+/// The default data directory: `$XDG_DATA_HOME/aic`, else `~/.local/share/aic`, else `./aic-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("aic");
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local/share/aic"),
+        None => PathBuf::from("aic-data"),
+    }
+}
+
+pub fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+}
+
+/// flag/env (already merged by clap) > file > default; then checks every value.
+pub fn resolve(
+    a: &ServeArgs,
+    f: FileConfig,
+    env_admin_token: Option<String>,
+    default_workers: usize,
+) -> Result<Settings> {
+    let data_dir = a
+        .data_dir
+        .clone()
+        .or(f.data_dir)
+        .unwrap_or_else(default_data_dir);
+    let s = Settings {
+        listen: a
+            .listen
+            .or(f.listen)
+            .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal")),
+        max_streams: a.max_streams.or(f.max_streams).unwrap_or(64),
+        workers: a.workers.or(f.workers).unwrap_or(default_workers),
+        metrics_listen: a
+            .metrics_listen
+            .clone()
+            .or(f.metrics_listen)
+            .unwrap_or_else(|| "127.0.0.1:9464".into()),
+        store_url: a
+            .store_url
+            .clone()
+            .or(f.store_url)
+            .unwrap_or_else(|| aic_control::store::Store::sqlite_url(&data_dir)),
+        data_dir,
+        bridge_socket: a.bridge_socket.clone().or(f.bridge_socket),
+        auth: a.auth.clone().or(f.auth).unwrap_or_else(|| "on".into()),
+        admin_token: env_admin_token.or(f.admin_token),
+        key_cache_ttl_secs: a.key_cache_ttl_secs.or(f.key_cache_ttl_secs).unwrap_or(5),
+        meter_flush_secs: a.meter_flush_secs.or(f.meter_flush_secs).unwrap_or(10),
+        shutdown_grace_secs: a
+            .shutdown_grace_secs
+            .or(f.shutdown_grace_secs)
+            .unwrap_or(10),
+        log_format: a
+            .log_format
+            .clone()
+            .or(f.log_format)
+            .unwrap_or_else(|| "text".into()),
+        log_level: a
+            .log_level
+            .clone()
+            .or(f.log_level)
+            .unwrap_or_else(|| "info".into()),
+    };
+    if !(1..=1024).contains(&s.max_streams) {
+        bail!("max_streams {} not in 1..=1024", s.max_streams);
+    }
+    if !(1..=64).contains(&s.workers) {
+        bail!("workers {} not in 1..=64", s.workers);
+    }
+    if s.metrics_listen != "off" && s.metrics_listen.parse::<SocketAddr>().is_err() {
+        bail!(
+            "metrics_listen {:?} is not an address or \"off\"",
+            s.metrics_listen
+        );
+    }
+    match s.auth.as_str() {
+        "on" => {}
+        // Keys off is for a developer's own machine: never on an address others can reach.
+        "off" if s.listen.ip().is_loopback() => {}
+        "off" => bail!(
+            "auth off is only allowed on a loopback address (listen is {})",
+            s.listen
+        ),
+        a => bail!("auth {a:?} is not \"on\" or \"off\""),
+    }
+    if !(1..=3600).contains(&s.key_cache_ttl_secs) {
+        bail!(
+            "key_cache_ttl_secs {} not in 1..=3600",
+            s.key_cache_ttl_secs
+        );
+    }
+    if !(1..=86_400).contains(&s.meter_flush_secs) {
+        bail!("meter_flush_secs {} not in 1..=86400", s.meter_flush_secs);
+    }
+    if s.shutdown_grace_secs > 3600 {
+        bail!(
+            "shutdown_grace_secs {} not in 0..=3600",
+            s.shutdown_grace_secs
+        );
+    }
+    if !matches!(s.log_format.as_str(), "text" | "json") {
+        bail!("log_format {:?} is not \"text\" or \"json\"", s.log_format);
+    }
+    if s.log_level.parse::<tracing::Level>().is_err() {
+        bail!(
+            "log_level {:?} is not error/warn/info/debug/trace",
+            s.log_level
+        );
+    }
+    if let Some(t) = &s.admin_token {
+        aic_control::key::check_admin_token_form(t).context("admin_token")?;
+    }
+    Ok(s)
+}
+
+/// Structured logs on stderr, as text or one JSON object per line.
+pub fn init_logging(s: &Settings) {
+    let level: tracing::Level = s.log_level.parse().unwrap_or(tracing::Level::INFO);
+    let b = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr must not take the server down: tracing-subscriber would otherwise
+        // report the failed write with `eprintln!`, which panics on a broken pipe.
+        .log_internal_errors(false)
+        .with_max_level(level)
+        .with_target(false);
+    // A second init (tests in one process) keeps the first subscriber.
+    let _ = if s.log_format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(t: &str) -> FileConfig {
+        toml::from_str(t).unwrap()
+    }
+
+    #[test]
+    fn flag_or_env_beats_file_beats_default() {
+        let f = || {
+            file(
+                "listen = \"127.0.0.1:7000\"\nmax_streams = 3\nlog_format = \"json\"\n\
+                 data_dir = \"/tmp/aic-x\"\n",
+            )
+        };
+        let none = ServeArgs::default();
+        let s = resolve(&none, f(), None, 2).unwrap();
+        assert_eq!(s.max_streams, 3);
+        assert_eq!(s.listen.port(), 7000);
+        assert_eq!(s.log_format, "json");
+        assert_eq!(s.store_url, "sqlite:///tmp/aic-x/control.db?mode=rwc");
+        assert_eq!(s.auth, "on", "default is safe");
+        assert_eq!(s.workers, 2);
+        let flags = ServeArgs {
+            max_streams: Some(7),
+            ..ServeArgs::default()
+        };
+        let s = resolve(&flags, f(), None, 2).unwrap();
+        assert_eq!((s.max_streams, s.listen.port()), (7, 7000));
+        let s = resolve(&none, FileConfig::default(), None, 2).unwrap();
+        assert_eq!(s.max_streams, 64);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_refused() {
+        assert!(toml::from_str::<FileConfig>("max_stream = 3").is_err());
+        let off_public = ServeArgs {
+            auth: Some("off".into()),
+            listen: Some("0.0.0.0:50051".parse().unwrap()),
+            ..ServeArgs::default()
+        };
+        let e = resolve(&off_public, FileConfig::default(), None, 1).unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let bad_token = resolve(
+            &ServeArgs::default(),
+            FileConfig::default(),
+            Some("secret".into()),
+            1,
+        );
+        assert!(bad_token.is_err());
+        let log = ServeArgs {
+            log_format: Some("xml".into()),
+            ..ServeArgs::default()
+        };
+        assert!(resolve(&log, FileConfig::default(), None, 1).is_err());
+    }
+}

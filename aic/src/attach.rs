@@ -530,6 +530,10 @@ struct Measure {
     aic_bytes: u64,
     full: u64,
     first_in: Option<Instant>,
+    /// RFC 3550 reception statistics of the forwarded stream (the latest SSRC seen): what an RR
+    /// block would carry. Janus' `rtp_forward` takes no RTCP back for audio, so it is reported
+    /// in the summary rather than sent.
+    rtcp_rx: Option<(u32, aic_sfu_bridge::rtcp::ReceiverStats)>,
 }
 
 fn quantiles(v: &mut [u32]) -> Value {
@@ -693,6 +697,17 @@ fn media_loop(
                 Ok((n, _)) => {
                     let now = Instant::now();
                     m.first_in.get_or_insert(now);
+                    if let Ok(p) = aic_sfu_bridge::rtp::RtpPacket::parse(&buf[..n]) {
+                        if m.rtcp_rx.as_ref().is_none_or(|(ssrc, _)| *ssrc != p.ssrc) {
+                            m.rtcp_rx = Some((
+                                p.ssrc,
+                                aic_sfu_bridge::rtcp::ReceiverStats::new(p.ssrc, 48_000),
+                            ));
+                        }
+                        if let Some((_, rx)) = m.rtcp_rx.as_mut() {
+                            rx.on_rtp(now, p.sequence, p.timestamp);
+                        }
+                    }
                     let _ = ingest.push(now, &buf[..n]);
                     sock.set_nonblocking(true)?;
                 }
@@ -767,6 +782,16 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
     };
     let publisher_kbps = kbps(i.payload_bytes, i.packets);
     let aic_kbps = kbps(r.m.aic_bytes, r.m.frames_out);
+    let rtcp_rr = match r.m.rtcp_rx.as_mut() {
+        None => Value::Null,
+        Some((ssrc, rx)) => {
+            let b = rx.report(Instant::now());
+            json!({"ssrc": ssrc, "expected": rx.expected(), "received": rx.received(),
+                   "cumulative_lost": b.cumulative_lost, "fraction_lost_256": b.fraction_lost,
+                   "extended_highest_seq": b.extended_highest_seq,
+                   "jitter_ms": f64::from(b.jitter) / 48.0})
+        }
+    };
     json!({
         "room": o.room, "publisher": o.publisher, "mountpoint": o.mountpoint,
         "model": model_id, "level": o.level, "pipeline": o.pipeline,
@@ -784,6 +809,7 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
         "latency_rtp_in_to_rtp_out": quantiles(&mut r.m.latency_us),
         "latency_inside_pipeline": quantiles(&mut r.m.pipeline_us),
         "jitter_buffer_ms": o.jitter_ms,
+        "rtcp_receiver_report": rtcp_rr,
         "cpu": {"media_thread_pct_of_core": 100.0 * r.thread_cpu_s / r.wall_s.max(1e-3),
                 "process_pct_of_core": 100.0 * r.process_cpu_s / r.wall_s.max(1e-3),
                 "note": "media thread = the bridge's work for this one stream; process includes the in-process pipeline when --pipeline inproc"},

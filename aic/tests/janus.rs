@@ -454,6 +454,13 @@ fn inside_namespace(loss_pct: Option<u32>) {
     let fec = s["frames"]["fec"].as_u64().unwrap();
     let plc = s["frames"]["plc"].as_u64().unwrap();
     let rtp_in = s["rtp_in"]["packets"].as_u64().unwrap();
+    // The RFC 3550 receiver statistics the bridge keeps (what its RR block would say).
+    let rr = &s["rtcp_receiver_report"];
+    let rr_lost = rr["cumulative_lost"].as_i64().unwrap();
+    assert!(
+        rr["received"].as_u64().unwrap().abs_diff(rtp_in) <= 2,
+        "RR received count vs {rtp_in} RTP in: {rr}"
+    );
     if let Some(l) = &loss {
         let (forwarded, dropped) = l.counters();
         eprintln!(
@@ -469,6 +476,11 @@ fn inside_namespace(loss_pct: Option<u32>) {
         assert!(
             (rtp_in + dropped).abs_diff(forwarded) <= 5,
             "{rtp_in} RTP in, {forwarded} forwarded, {dropped} dropped"
+        );
+        // The RR's cumulative loss is the gaps the bridge saw: the dropped packets.
+        assert!(
+            rr_lost.abs_diff(dropped as i64) <= 5,
+            "RR cumulative lost {rr_lost}, {dropped} dropped: {rr}"
         );
         // One concealed frame per dropped packet, give or take late packets and the edges.
         let concealed = fec + plc;
@@ -486,6 +498,10 @@ fn inside_namespace(loss_pct: Option<u32>) {
         assert!(
             fec + plc <= 3,
             "{fec} FEC + {plc} PLC frames with no loss injected"
+        );
+        assert!(
+            rr_lost.abs() <= 2,
+            "RR cumulative lost {rr_lost} with no loss: {rr}"
         );
     }
 

@@ -172,6 +172,24 @@ fn open_error(e: EngineError) -> Status {
 }
 
 /// Forwards one stream's pipeline outputs to its gRPC response channel until either side ends.
+/// One encoder output as the response message (AIC frame, or the Opus frame it fell back to).
+fn encode_response_of(o: Output) -> Result<EncodeResponse, Status> {
+    let frame = match o.payload {
+        Payload::Aic(b) => encode_response::Frame::Aic(b),
+        Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
+        other => {
+            return Err(Status::internal(format!(
+                "unexpected pipeline output {other:?}"
+            )));
+        }
+    };
+    Ok(EncodeResponse {
+        seq: o.seq,
+        frame: Some(frame),
+        server_latency_us: o.latency.as_micros() as u32,
+    })
+}
+
 fn forward<T: Send + 'static>(
     outputs: std::sync::mpsc::Receiver<Output>,
     tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
@@ -414,22 +432,7 @@ impl Svc {
         }
         let frames = outs
             .into_iter()
-            .map(|o| {
-                let frame = match o.payload {
-                    Payload::Aic(b) => encode_response::Frame::Aic(b),
-                    Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
-                    other => {
-                        return Err(Status::internal(format!(
-                            "unexpected pipeline output {other:?}"
-                        )));
-                    }
-                };
-                Ok(EncodeResponse {
-                    seq: o.seq,
-                    frame: Some(frame),
-                    server_latency_us: o.latency.as_micros() as u32,
-                })
-            })
+            .map(encode_response_of)
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(EncodeClipResponse {
             frames,
@@ -629,20 +632,7 @@ impl Svc {
             // The ticket lives as long as this forwarder: the session ends when its last
             // output is through (or the client is gone).
             meter_encoded(&ticket, n, ref_bytes);
-            let frame = match o.payload {
-                Payload::Aic(b) => encode_response::Frame::Aic(b),
-                Payload::OpusFallback(b) => encode_response::Frame::OpusFallback(b),
-                other => {
-                    return Err(Status::internal(format!(
-                        "unexpected pipeline output {other:?}"
-                    )));
-                }
-            };
-            Ok(EncodeResponse {
-                seq: o.seq,
-                frame: Some(frame),
-                server_latency_us: o.latency.as_micros() as u32,
-            })
+            encode_response_of(o)
         });
         tokio::spawn(async move {
             let sender: StreamSender = sender;

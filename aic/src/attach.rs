@@ -66,18 +66,9 @@ pub struct Options {
 // ---------------------------------------------------------------------------------------------
 // The pipeline link.
 
-/// One processed frame back from the pipeline (reused by the caller).
-#[derive(Debug, Default, Clone)]
-pub struct FrameOut {
-    pub seq: u64,
-    pub level: u8,
-    /// `payload` is an Opus fallback frame, not AIC.
-    pub fallback: bool,
-    pub payload: Vec<u8>,
-    /// What an AIC receiver hears, [`FRAME_16K`] samples.
-    pub pcm16k: Vec<i16>,
-    pub pipeline_us: u32,
-}
+/// One processed frame back from the pipeline (reused by the caller): the link's own type, so
+/// the shm link receives straight into it.
+pub use aic_sfu_bridge::link::FrameOut;
 
 #[derive(Debug)]
 pub enum LinkFailure {
@@ -263,7 +254,6 @@ impl PipelineLink for InprocLink {
 /// The pipeline in another process (`aic serve --bridge-socket PATH`), over the shm link.
 struct ShmLink {
     stream: link::LinkStream,
-    out: link::FrameOut,
 }
 
 fn link_failure(e: link::LinkError) -> LinkFailure {
@@ -286,24 +276,10 @@ impl PipelineLink for ShmLink {
     }
 
     fn recv_into(&mut self, out: &mut FrameOut, timeout: Duration) -> Result<bool, LinkFailure> {
-        if !self
-            .stream
-            .recv_into(&mut self.out, timeout)
-            .map_err(link_failure)?
-        {
-            return Ok(false);
-        }
-        let f = &self.out;
-        out.seq = f.seq;
-        out.level = f.level;
-        out.fallback = f.fallback;
-        out.payload.clear();
-        out.payload.extend_from_slice(&f.payload);
-        out.pcm16k.clear();
-        out.pcm16k.extend_from_slice(&f.pcm16k);
+        let got = self.stream.recv_into(out, timeout).map_err(link_failure)?;
+        // The link allows short frames; the packetizer takes exactly one 20 ms frame.
         out.pcm16k.resize(FRAME_16K, 0);
-        out.pipeline_us = f.pipeline_us;
-        Ok(true)
+        Ok(got)
     }
 
     fn model_id(&self) -> &str {
@@ -328,10 +304,7 @@ fn open_link(o: &Options) -> Result<Box<dyn PipelineLink>> {
                     reference_opus_kbps: 0,
                 })
                 .context("opening a pipeline stream")?;
-            Ok(Box::new(ShmLink {
-                stream,
-                out: link::FrameOut::default(),
-            }))
+            Ok(Box::new(ShmLink { stream }))
         }
     }
 }

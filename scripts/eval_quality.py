@@ -21,7 +21,7 @@ Only wrong usage exits with status 2. With ``--pairs`` it prints one such line p
 order, loading the libraries and the ViSQOL model once (about 6 s) instead of once per pair. Anything the libraries print
 is sent to stderr so stdout stays one line of JSON.
 
-The project's training venv has both packages: /root/aic-train-venv/bin/python
+The project's training venv has both packages: $HOME/aic-train-venv/bin/python
 (pesq 0.0.4, visqol-python 3.8.0, numpy 2.4).
 """
 

@@ -1,6 +1,6 @@
 """Writes a small weights-only checkpoint that can be committed and trained on from.
 
-    python -m aic_speech.slim --ckpt /root/aic-train/ckpt_last.pt --out checkpoints/aic-speech-v1.pt
+    python -m aic_speech.slim --ckpt $HOME/aic-train/ckpt_last.pt --out checkpoints/aic-speech-v1.pt
 
 Network weights are stored in float16 (the RVQ codebooks and their EMA statistics stay float32:
 they define the bitstream); the optimizer state is dropped. `train --init-from` continues from

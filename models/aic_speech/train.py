@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from .data import CropSampler, corpus_dir, validation_clips
+from .disc import Discriminators, d_loss, g_losses
 from .dsp import OVERLAP
 from .losses import CodecLoss
 from .model import Codec, count_params
 
 
 def train_dir() -> str:
-    return os.environ.get("AIC_TRAIN_DIR", "/root/aic-train")
+    return os.environ.get("AIC_TRAIN_DIR", os.path.expanduser("~/aic-train"))
 
 
 def build_model(cfg) -> Codec:
@@ -78,10 +79,13 @@ def validate(model: Codec, loss_fn: CodecLoss, clips, levels=(12, 2)) -> dict:
     return out
 
 
-def save_ckpt(path, model, opt, step, cfg, sampler):
+def save_ckpt(path, model, opt, step, cfg, sampler, gan=None):
     state = dict(model=model.state_dict(), opt=opt.state_dict(), step=step, config=cfg,
                  rng=dict(torch=torch.get_rng_state(), numpy=sampler.rng.bit_generator.state,
                           python=random.getstate()))
+    if gan is not None:
+        state["gan"] = dict(disc=gan["disc"].state_dict(), opt_d=gan["opt_d"].state_dict(),
+                            start=gan["start"])
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -119,7 +123,20 @@ def main(argv=None):
     clips = validation_clips(root, tc["valid_clips"])
     model = build_model(cfg)
     loss_fn = build_loss(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc["lr"], betas=tuple(tc["betas"]),
+    gc = cfg.get("gan", {})
+    gan = None
+    if gc.get("enabled", False):
+        # Stage two: the encoder and the RVQ (the bitstream) stay as stage one left them when
+        # freeze_encoder is set; only the decoder learns against the discriminators.
+        frozen = gc.get("freeze_encoder", True)
+        if frozen:
+            for p_ in list(model.encoder.parameters()) + list(model.rvq.parameters()):
+                p_.requires_grad_(False)
+        disc = Discriminators()
+        gan = dict(disc=disc, frozen=frozen, start=None,
+                   opt_d=torch.optim.AdamW(disc.parameters(), lr=gc["lr_d"], betas=(0.8, 0.99)))
+    params = [p_ for p_ in model.parameters() if p_.requires_grad]
+    opt = torch.optim.AdamW(params, lr=tc["lr"], betas=tuple(tc["betas"]),
                             weight_decay=tc["weight_decay"])
     step = 0
     if os.path.exists(ckpt_path):
@@ -132,12 +149,21 @@ def main(argv=None):
         torch.set_rng_state(ck["rng"]["torch"])
         sampler.rng.bit_generator.state = ck["rng"]["numpy"]
         random.setstate(ck["rng"]["python"])
+        if gan is not None and "gan" in ck:
+            gan["disc"].load_state_dict(ck["gan"]["disc"])
+            gan["opt_d"].load_state_dict(ck["gan"]["opt_d"])
+            gan["start"] = ck["gan"]["start"]
         say(f"resumed from {ckpt_path} at step {step}")
     elif args.init_from:
         ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
         step = int(ck["step"])
         say(f"initialised from {args.init_from} at step {step} (fresh optimizer)")
+    if gan is not None and gan["start"] is None:
+        gan["start"] = step
+    if gan is not None:
+        say(f"GAN stage since step {gan['start']}: w_adv {gc['w_adv']} w_fm {gc['w_fm']} "
+            f"frozen encoder/RVQ {gan['frozen']}; disc params {count_params(gan['disc'])}")
     say(f"corpus {root}: {sampler.minutes:.1f} min train, {len(clips)} valid clips; "
         f"params enc={count_params(model.encoder)} dec={count_params(model.decoder)}")
 
@@ -153,17 +179,43 @@ def main(argv=None):
     last_ckpt = time.time()
     acc, t0, n_acc = {}, time.time(), 0
     while not stop["flag"] and (args.max_steps is None or step < args.max_steps):
-        lr = lr_at(step, tc)
+        lr = lr_at(step - (gan["start"] if gan else 0), tc)
         for g in opt.param_groups:
             g["lr"] = lr
         x = torch.from_numpy(sampler.batch(tc["batch_size"]))
-        y, commit, _ = model(x, draw_nq(x.shape[0], n_q, tc["quantizer_dropout"]))
+        nq = draw_nq(x.shape[0], n_q, tc["quantizer_dropout"])
+        if gan is not None and gan["frozen"]:
+            with torch.no_grad():
+                model.encoder.eval()
+                model.rvq.eval()
+                z, _ = model.encoder(x, model.encoder.init_state(x.shape[0]))
+                zq, _, commit = model.rvq(z, nq)
+            y, _ = model.decoder(zq, model.decoder.init_state(x.shape[0]))
+        else:
+            y, commit, _ = model(x, nq)
         ya, xa = aligned(y, x)
         rec, parts = loss_fn(ya, xa)
         loss = rec + cfg["loss"]["w_commit"] * commit
+        if gan is not None:
+            disc = gan["disc"]
+            # The discriminators see one random window of each batch (half a second by
+            # default): they cost more than the generator per sample on this CPU.
+            seg = min(int(gc.get("segment", 8000)), xa.shape[-1])
+            off = random.randrange(0, xa.shape[-1] - seg + 1)
+            xs, ys = xa[:, off:off + seg], ya[:, off:off + seg]
+            ld = d_loss(disc(xs), disc(ys.detach()))
+            gan["opt_d"].zero_grad(set_to_none=True)
+            ld.backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), tc["grad_clip"] * 10)
+            gan["opt_d"].step()
+            with torch.no_grad():
+                real = disc(xs)
+            adv, fm = g_losses(real, disc(ys))
+            loss = loss + gc["w_adv"] * adv + gc["w_fm"] * fm
+            parts.update(d=ld.detach(), adv=adv.detach(), fm=fm.detach())
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+        gn = torch.nn.utils.clip_grad_norm_(params, tc["grad_clip"])
         if torch.isfinite(gn):
             opt.step()
         step += 1
@@ -184,13 +236,13 @@ def main(argv=None):
                 + f" ({time.time() - tv:.1f}s)")
             t0 += time.time() - tv  # keep validation time out of s/step
         if step % tc["keep_every"] == 0:
-            save_ckpt(ckpt_path, model, opt, step, cfg, sampler)
+            save_ckpt(ckpt_path, model, opt, step, cfg, sampler, gan)
             shutil.copy(ckpt_path, os.path.join(out_dir, f"ckpt_step{step:07d}.pt"))
             last_ckpt = time.time()
         elif time.time() - last_ckpt > tc["ckpt_minutes"] * 60:
-            save_ckpt(ckpt_path, model, opt, step, cfg, sampler)
+            save_ckpt(ckpt_path, model, opt, step, cfg, sampler, gan)
             last_ckpt = time.time()
-    save_ckpt(ckpt_path, model, opt, step, cfg, sampler)
+    save_ckpt(ckpt_path, model, opt, step, cfg, sampler, gan)
     say(f"stopped at step {step}; saved {ckpt_path}")
 
 

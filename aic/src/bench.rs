@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use aic_codec::bitstream::container::PacketReader;
 use aic_codec::metrics;
 use aic_codec::resample::resample;
 use aic_codec::{CodecRegistry, OperatingPoint};
@@ -236,13 +237,10 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
                     bits += transcode::bitrate_bps(&e) * coded_secs;
                     secs += coded_secs;
                     enc_t += e.encode_time.as_secs_f64();
-                    let dec = transcode::decode(
-                        reg,
-                        &e.header.info,
-                        e.header.total_samples,
-                        e.packets.iter().map(|p| Ok(Some(p.as_slice()))),
-                        false,
-                    )?;
+                    // Through the container and the same bounded loop as `aic decode`.
+                    let file = transcode::to_container(&e)?;
+                    let mut packets = PacketReader::new(file.as_slice())?;
+                    let dec = transcode::decode(reg, &mut packets, false)?;
                     dec_t += dec.decode_time.as_secs_f64();
                     concealed += dec.concealed;
                     resample(&dec.pcm, dec.sample_rate, EVAL_RATE)?

@@ -400,13 +400,32 @@ fn run(cli: Cli) -> Result<()> {
             output,
             lenient,
         } => {
-            let bytes = std::fs::read(&input)
+            // A stream, never the whole file in memory: header first, then one packet at a
+            // time; the decode loop stops where the header says the clip ends.
+            let file = std::fs::File::open(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
-            let (h, packets) =
-                container::read(&bytes).with_context(|| format!("{}", input.display()))?;
-            let packets = packets.map(|p| p.map_err(anyhow::Error::from));
-            let d = transcode::decode(&reg, &h.info, h.total_samples, packets, lenient)
+            let mut packets = container::PacketReader::new(std::io::BufReader::new(file))
                 .with_context(|| format!("{}", input.display()))?;
+            let h = packets.header().clone();
+            let d = transcode::decode(&reg, &mut packets, lenient)
+                .with_context(|| format!("{}", input.display()))?;
+            // Only lenient mode gets here with these set (strict mode failed above).
+            let r = &d.report;
+            if let Some(e) = &r.stopped_by {
+                eprintln!(
+                    "warning: {}: {e}; stopped there, keeping the {} frames before it",
+                    input.display(),
+                    r.decoded_packets
+                );
+            }
+            if r.excess_packets > 0 {
+                eprintln!(
+                    "warning: {}: {} packets past the {} that total_samples needs were ignored",
+                    input.display(),
+                    r.excess_packets,
+                    r.expected_packets
+                );
+            }
             if (d.pcm.len() as u64) < h.total_samples && !lenient {
                 bail!(
                     "{}: decoded {} of {} samples",

@@ -1,10 +1,11 @@
 //! Running a codec over a whole clip: the shared core of `encode`, `decode` and `bench`.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
-use aic_codec::bitstream::container::{self, Header};
-use aic_codec::{CodecInfo, CodecRegistry, OperatingPoint};
-use anyhow::{Context, Result, anyhow};
+use aic_codec::bitstream::container::{self, DecodeReport, Header, PacketReader};
+use aic_codec::{CodecError, CodecInfo, CodecRegistry, Decoder, OperatingPoint};
+use anyhow::{Context, Result};
 
 /// A clip encoded into packets, with the timing of the encoder alone.
 pub struct Encoded {
@@ -55,55 +56,82 @@ pub struct Decoded {
     pub decode_time: Duration,
     /// Frames that were missing or could not be decoded and were concealed.
     pub concealed: usize,
+    /// What the bounded decode loop did (packets decoded, past the end, where it stopped).
+    pub report: DecodeReport,
 }
 
-/// Decodes packets described by `info`, trimming the codec delay and padding so the output
-/// lines up with the original input sample for sample.
-pub fn decode<'a>(
+/// Per-frame decoder errors printed one by one in lenient mode; the rest are only counted.
+const MAX_FRAME_WARNINGS: u64 = 10;
+
+/// Decodes a `.aic` stream (header already read by `packets`) through the codec's bounded
+/// decode loop (`container::decode`: at most the packets the header's `total_samples` calls
+/// for, a bounded run of lost packets), trimming the codec delay and padding so the output
+/// lines up with the original input sample for sample. Lenient mode prints a warning per
+/// concealed frame (the first few) instead of failing.
+pub fn decode<R: Read>(
     reg: &CodecRegistry,
-    info: &CodecInfo,
-    total_samples: u64,
-    packets: impl IntoIterator<Item = Result<Option<&'a [u8]>>>,
+    packets: &mut PacketReader<R>,
     lenient: bool,
 ) -> Result<Decoded> {
-    let mut dec = reg.new_decoder(info)?;
-    let mut out = Vec::new();
-    let mut concealed = 0;
-    let mut decode_time = Duration::ZERO;
-    for (i, p) in packets.into_iter().enumerate() {
-        let p = match p {
-            Ok(p) => p,
-            Err(e) if lenient => {
-                eprintln!("warning: {e:#}; stopping at frame {i}");
-                break;
-            }
-            Err(e) => return Err(e),
-        };
-        let t0 = Instant::now();
-        let r = dec.decode_frame(p, &mut out);
-        if p.is_none() {
-            concealed += 1;
-        }
-        if let Err(e) = r {
-            if !lenient {
-                return Err(anyhow!(e).context(format!("frame {i}")));
-            }
+    let info = packets.header().info.clone();
+    let mut dec = Timed {
+        dec: reg.new_decoder(&info)?,
+        time: Duration::ZERO,
+    };
+    let mut pcm = Vec::new();
+    let mut refused = 0u64;
+    let report = container::decode(packets, &mut dec, lenient, &mut pcm, |i, e| {
+        refused += 1;
+        if refused <= MAX_FRAME_WARNINGS {
             eprintln!("warning: frame {i}: {e}; concealed");
-            concealed += 1;
-            dec.decode_frame(None, &mut out)?;
         }
-        decode_time += t0.elapsed();
-    }
-    let d = info.delay_samples.min(out.len());
-    out.drain(..d);
-    let total = usize::try_from(total_samples).unwrap_or(usize::MAX);
-    out.truncate(total);
-    Ok(Decoded {
-        pcm: out,
-        sample_rate: info.sample_rate,
-        decode_time,
-        concealed,
     })
+    .map_err(|e| match e {
+        // The container error itself: `CodecError::Container` shows it and chains it as its
+        // source, so `{:#}` would print it twice.
+        CodecError::Container(c) => anyhow::Error::from(c),
+        e => anyhow::Error::from(e),
+    })?;
+    if refused > MAX_FRAME_WARNINGS {
+        eprintln!(
+            "warning: {} more corrupt frames concealed",
+            refused - MAX_FRAME_WARNINGS
+        );
+    }
+    Ok(Decoded {
+        pcm,
+        sample_rate: info.sample_rate,
+        decode_time: dec.time,
+        concealed: usize::try_from(report.concealed).unwrap_or(usize::MAX),
+        report,
+    })
+}
+
+/// A decoder that adds up the time spent in it (the codec crate does not touch the clock).
+struct Timed {
+    dec: Box<dyn Decoder>,
+    time: Duration,
+}
+
+impl Decoder for Timed {
+    fn info(&self) -> &CodecInfo {
+        self.dec.info()
+    }
+
+    fn decode_frame(
+        &mut self,
+        packet: Option<&[u8]>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
+        let t0 = Instant::now();
+        let r = self.dec.decode_frame(packet, out);
+        self.time += t0.elapsed();
+        r
+    }
+
+    fn reset(&mut self) -> Result<(), CodecError> {
+        self.dec.reset()
+    }
 }
 
 /// Serialises an encoded clip as a `.aic` file.

@@ -170,6 +170,100 @@ fn damaged_files_give_one_clear_error() {
     );
 }
 
+/// Hostile `.aic` files made here: decode is bounded by the header, not by the file. Before
+/// the bound, a lost packet (2 bytes) became a concealed 20 ms frame (an AIC model call) with no
+/// limit, and packets past `total_samples` were all decoded, then thrown away.
+#[test]
+fn hostile_files_are_bounded_by_their_header() {
+    use aic_codec::bitstream::container::{self, Header, MAX_LOST_RUN};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("en_espeak.wav");
+    let out = dir.path().join("x.wav");
+    let decode = |file: &Path, lenient: bool| {
+        let mut args = vec![
+            "decode",
+            file.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        if lenient {
+            args.push("--lenient");
+        }
+        let _ = std::fs::remove_file(&out);
+        let t0 = Instant::now();
+        let o = aic(&args);
+        let took = t0.elapsed();
+        // Far below what the file would cost unbounded (a million model calls).
+        assert!(took < Duration::from_secs(60), "decode took {took:?}");
+        o
+    };
+    let header_of = |codec: &str, extra: &[&str]| -> Header {
+        let coded = dir.path().join(format!("{codec}.aic"));
+        let mut args = vec![
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            coded.to_str().unwrap(),
+            "--codec",
+            codec,
+        ];
+        args.extend_from_slice(extra);
+        let o = aic(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        container::read(&std::fs::read(&coded).unwrap()).unwrap().0
+    };
+
+    // 1. An AIC file of a million lost packets (2 MB) whose header claims an hour.
+    let mut h = header_of("aic", &["--level", "2"]);
+    h.total_samples = 3600 * u64::from(h.info.sample_rate);
+    let mut f = Vec::new();
+    h.write(&mut f).unwrap();
+    for _ in 0..1_000_000 {
+        container::write_packet(None, &mut f).unwrap();
+    }
+    let lost = dir.path().join("lost.aic");
+    std::fs::write(&lost, &f).unwrap();
+    let o = decode(&lost, false);
+    assert_clean_failure(&o, "consecutive lost packets");
+    assert!(stderr(&o).contains("packet 50"), "{}", stderr(&o));
+    assert!(!out.exists(), "no output from a failed decode");
+    // Lenient: stops at the bound, keeping the concealed second before it.
+    let o = decode(&lost, true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning:"), "{}", stderr(&o));
+    let (y, _) = read_wav(&out);
+    assert!(y.len() <= MAX_LOST_RUN as usize * h.info.frame_samples);
+
+    // 2. An Opus file whose header claims 1 s but which holds the whole clip (and more).
+    let real = dir.path().join("opus.aic");
+    let mut h = header_of("opus", &["--bitrate", "12k"]);
+    let bytes = std::fs::read(&real).unwrap();
+    let packets_at = Header::read(&bytes).unwrap().1;
+    h.total_samples = u64::from(h.info.sample_rate);
+    let mut f = Vec::new();
+    h.write(&mut f).unwrap();
+    for _ in 0..20 {
+        f.extend_from_slice(&bytes[packets_at..]);
+    }
+    let long = dir.path().join("long.aic");
+    std::fs::write(&long, &f).unwrap();
+    let o = decode(&long, false);
+    assert_clean_failure(&o, "past the");
+    assert!(stderr(&o).contains("not decoded"), "{}", stderr(&o));
+    assert!(!out.exists(), "no output from a failed decode");
+    let o = decode(&long, true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ignored"), "{}", stderr(&o));
+    let (y, sr) = read_wav(&out);
+    assert_eq!(
+        (y.len() as u64, sr),
+        (h.total_samples, h.info.sample_rate),
+        "exactly what the header says"
+    );
+}
+
 #[test]
 fn bad_inputs_give_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! Recoverability, in Symphonia's terms:
 //! * [`CodecError::Bitstream`] on one frame is recoverable: drop that frame (the decoder conceals it).
 //! * [`CodecError::Container`] / [`CodecError::Manifest`] are fatal for that file / model.
+//! * [`CodecError::AtFrame`] wraps either kind with the index of the frame it came from.
 //! * [`CodecError::InvalidConfig`] is a caller mistake, reported before anything runs.
 
 use crate::bitstream::BitstreamError;
@@ -36,4 +37,8 @@ pub enum CodecError {
     Resample(String),
     #[error("inference backend: {0}")]
     Backend(String),
+    /// An error from one frame of a stream (`container::decode`), with the frame's index.
+    /// `error` is shown inline, not as a `source`, so error chains do not print it twice.
+    #[error("frame {index}: {error}")]
+    AtFrame { index: u64, error: Box<CodecError> },
 }

@@ -12,7 +12,8 @@
 //! * [`resample`] — sample-rate conversion (rubato).
 //! * [`metrics`] — objective quality (STOI, SI-SDR, log-mel distance) and bitrate accounting.
 //!
-//! Nothing here touches files, sockets or the clock: callers pass bytes and samples in.
+//! Nothing here touches files, sockets or the clock: callers pass bytes (or a `std::io::Read`
+//! they opened, for the `.aic` stream reader) and samples in.
 
 pub mod bitstream;
 pub mod codec;

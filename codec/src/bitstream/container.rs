@@ -9,8 +9,18 @@
 //! ```
 //! The header makes a file self-describing: `aic decode` needs nothing but the file. A reader
 //! delivers every complete packet before reporting a truncated or corrupt tail.
+//!
+//! Two readers share the same rules: [`read`]/[`Packets`] over a byte slice, and
+//! [`PacketReader`] over any [`Read`] (header first, then one packet at a time through one
+//! reused buffer of at most [`MAX_PACKET_BYTES`]), which is what `aic decode` uses so a file is
+//! never held in memory whole. [`decode`] is the one packet → [`Decoder`] loop (`aic decode`,
+//! `aic bench` and the `decode` fuzz target all run it); it is bounded by the header, not by
+//! the file: see its documentation for the rules.
 
-use crate::codec::{CodecInfo, OperatingPoint};
+use std::io::Read;
+
+use crate::codec::{CodecInfo, Decoder, OperatingPoint};
+use crate::error::CodecError;
 
 pub const MAGIC: &[u8; 4] = b"AICF";
 pub const VERSION: u8 = 1;
@@ -18,8 +28,22 @@ pub const VERSION: u8 = 1;
 pub const MAX_HEADER_BYTES: usize = 512;
 pub const MAX_PACKET_BYTES: usize = 4000;
 pub const MAX_NAME_BYTES: usize = 64;
-const MAX_TOTAL_SAMPLES: u64 = 1 << 40;
+/// The longest clip a header may announce: 24 h (`total_samples ≤ 86 400 · sample_rate`).
+/// A decoder trusts `total_samples` to bound its work and its output (see [`decode`]), so the
+/// bound on it is what bounds a hostile header: 24 h is far past any speech file this codec is
+/// for (a day-long recording still fits), and at most 86 400 · 48 000 ≈ 4.1·10⁹ samples.
+pub const MAX_DURATION_SECS: u64 = 24 * 60 * 60;
 const MAX_DELAY_SAMPLES: u32 = 48_000;
+/// The most consecutive lost packets (`len = 0`) a file may hold: 50 = 1 s of concealment.
+///
+/// A lost packet is 2 bytes on disk but becomes a whole concealed 20 ms frame (a model call for
+/// AIC), so an unbounded run would let a small file cost ~1000× its size in output and compute.
+/// One second is past the point where concealment still carries audio: the AIC decoder fades
+/// its latent by 0.8 per lost frame (0.8⁵⁰ ≈ 10⁻⁵, −97 dB) and libopus' PLC fades to silence
+/// well within that, so frames beyond it are silence a writer should encode as silence (which
+/// codes to a few bytes per frame). Nothing this project writes stores lost packets at all
+/// (`aic encode` stores every frame); the run exists for recorders that log network loss.
+pub const MAX_LOST_RUN: u32 = 50;
 
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
@@ -42,6 +66,17 @@ pub enum ContainerError {
     PacketTooLong { index: u64, len: usize },
     #[error("file ends inside packet {index}")]
     TruncatedPacket { index: u64 },
+    #[error(
+        "packet {index}: more than {MAX_LOST_RUN} consecutive lost packets (over 1 s of concealment); the file is damaged or hostile"
+    )]
+    TooManyLost { index: u64 },
+    #[error(
+        "{excess} packet(s) past the {expected} that the header's total_samples needs (not decoded); the file holds more than its header announces"
+    )]
+    ExcessPackets { expected: u64, excess: u64 },
+    /// The underlying reader failed (only from [`PacketReader`]).
+    #[error("read error: {0}")]
+    Io(String),
 }
 
 /// The container header: everything a decoder needs to know.
@@ -105,13 +140,29 @@ impl Header {
                 format!("{} > {MAX_DELAY_SAMPLES}", i.delay_samples),
             ));
         }
-        if self.total_samples > MAX_TOTAL_SAMPLES {
+        // sample_rate is checked above, so this cannot overflow.
+        let max_total = MAX_DURATION_SECS * u64::from(i.sample_rate);
+        if self.total_samples > max_total {
             return Err(field(
                 "total_samples",
-                format!("{} > 2^40", self.total_samples),
+                format!(
+                    "{} > {max_total} (24 h at {} Hz)",
+                    self.total_samples, i.sample_rate
+                ),
             ));
         }
         Ok(())
+    }
+
+    /// How many packets a file with this header holds: enough to cover `total_samples` plus the
+    /// codec delay the decoder drops (at least one). The encoder writes exactly this many; a
+    /// decoder never decodes more (see [`decode`]). At most
+    /// `(24 h · 48 kHz + 48 000) / 160` ≈ 2.6·10⁷.
+    pub fn packets_needed(&self) -> u64 {
+        let frame = (self.info.frame_samples as u64).max(1);
+        (self.total_samples + self.info.delay_samples as u64)
+            .div_ceil(frame)
+            .max(1)
     }
 
     /// Appends the encoded header to `out`.
@@ -203,6 +254,39 @@ impl Header {
         h.validate()?;
         Ok((h, body_end + 4))
     }
+
+    /// Reads the header from a stream, consuming exactly its bytes (at most
+    /// `7 + MAX_HEADER_BYTES + 4`) and leaving the reader at the first packet. Verdicts are
+    /// those of [`Header::read`] on the same bytes.
+    pub fn read_from<R: Read>(r: &mut R) -> Result<Self, ContainerError> {
+        let mut buf = [0u8; 7 + MAX_HEADER_BYTES + 4];
+        let n = read_up_to(r, &mut buf[..7])?;
+        if n == 7 && &buf[..4] == MAGIC && buf[4] == VERSION {
+            let hlen = usize::from(u16::from_le_bytes([buf[5], buf[6]]));
+            if hlen <= MAX_HEADER_BYTES {
+                let got = read_up_to(r, &mut buf[7..7 + hlen + 4])?;
+                return Header::read(&buf[..7 + got]).map(|(h, _)| h);
+            }
+        }
+        // Bad magic, version or length, or a short stream: `read` gives the verdict.
+        // (A header needs more than 7 bytes, so `Ok` cannot happen here.)
+        Header::read(&buf[..n]).and(Err(ContainerError::TruncatedHeader))
+    }
+}
+
+/// Fills `buf` from `r` as far as the stream goes; returns how many bytes were read (fewer
+/// than `buf.len()` only at the end of the stream).
+fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, ContainerError> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ContainerError::Io(e.to_string())),
+        }
+    }
+    Ok(n)
 }
 
 struct Reader<'a> {
@@ -269,13 +353,33 @@ pub fn write_packet(packet: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Cont
     Ok(())
 }
 
+/// Counts consecutive lost packets; the reader's bound on them ([`MAX_LOST_RUN`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct LostRun(u32);
+
+impl LostRun {
+    fn check(&mut self, index: u64, lost: bool) -> Result<(), ContainerError> {
+        if !lost {
+            self.0 = 0;
+            return Ok(());
+        }
+        self.0 += 1;
+        if self.0 > MAX_LOST_RUN {
+            return Err(ContainerError::TooManyLost { index });
+        }
+        Ok(())
+    }
+}
+
 /// Iterates over the packets after the header. Yields `Ok(None)` for a lost frame and stops
-/// after the first error (everything before it has been delivered).
+/// after the first error (everything before it has been delivered). More than
+/// [`MAX_LOST_RUN`] lost packets in a row is an error ([`ContainerError::TooManyLost`]).
 #[derive(Debug)]
 pub struct Packets<'a> {
     b: &'a [u8],
     pos: usize,
     index: u64,
+    lost: LostRun,
     failed: bool,
 }
 
@@ -285,6 +389,7 @@ impl<'a> Packets<'a> {
             b: after_header,
             pos: 0,
             index: 0,
+            lost: LostRun::default(),
             failed: false,
         }
     }
@@ -300,21 +405,30 @@ impl<'a> Iterator for Packets<'a> {
         let index = self.index;
         self.index += 1;
         let rest = &self.b[self.pos..];
-        if rest.len() < 2 {
-            self.failed = true;
-            return Some(Err(ContainerError::TruncatedPacket { index }));
+        let r = (|| {
+            if rest.len() < 2 {
+                return Err(ContainerError::TruncatedPacket { index });
+            }
+            let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+            if len > MAX_PACKET_BYTES {
+                return Err(ContainerError::PacketTooLong { index, len });
+            }
+            self.lost.check(index, len == 0)?;
+            if rest.len() < 2 + len {
+                return Err(ContainerError::TruncatedPacket { index });
+            }
+            Ok(len)
+        })();
+        match r {
+            Ok(len) => {
+                self.pos += 2 + len;
+                Some(Ok((len > 0).then(|| &rest[2..2 + len])))
+            }
+            Err(e) => {
+                self.failed = true;
+                Some(Err(e))
+            }
         }
-        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
-        if len > MAX_PACKET_BYTES {
-            self.failed = true;
-            return Some(Err(ContainerError::PacketTooLong { index, len }));
-        }
-        if rest.len() < 2 + len {
-            self.failed = true;
-            return Some(Err(ContainerError::TruncatedPacket { index }));
-        }
-        self.pos += 2 + len;
-        Some(Ok((len > 0).then(|| &rest[2..2 + len])))
     }
 }
 
@@ -322,6 +436,196 @@ impl<'a> Iterator for Packets<'a> {
 pub fn read(bytes: &[u8]) -> Result<(Header, Packets<'_>), ContainerError> {
     let (h, n) = Header::read(bytes)?;
     Ok((h, Packets::new(&bytes[n..])))
+}
+
+/// Reads a `.aic` file from a stream: the header on [`PacketReader::new`], then one packet per
+/// [`PacketReader::next_packet`], into one reused buffer (never more than
+/// [`MAX_PACKET_BYTES`]). Same rules and errors as [`Packets`], plus [`ContainerError::Io`].
+/// Give it a buffered reader (`BufReader<File>`): it reads 2 bytes, then one packet, at a time.
+#[derive(Debug)]
+pub struct PacketReader<R> {
+    r: R,
+    header: Header,
+    buf: Vec<u8>,
+    index: u64,
+    lost: LostRun,
+    done: bool,
+}
+
+impl<R: Read> PacketReader<R> {
+    /// Reads and checks the header; the reader is then at the first packet.
+    pub fn new(mut r: R) -> Result<Self, ContainerError> {
+        let header = Header::read_from(&mut r)?;
+        Ok(Self {
+            r,
+            header,
+            buf: Vec::new(),
+            index: 0,
+            lost: LostRun::default(),
+            done: false,
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Packets delivered so far (lost ones included).
+    pub fn delivered(&self) -> u64 {
+        self.index
+    }
+
+    /// The next packet: `Some(Ok(None))` for a lost frame, `None` at the end of the stream or
+    /// after an error (which is reported once; everything before it has been delivered).
+    pub fn next_packet(&mut self) -> Option<Result<Option<&[u8]>, ContainerError>> {
+        if self.done {
+            return None;
+        }
+        match self.read_packet() {
+            Ok(Some(len)) => {
+                self.index += 1;
+                Some(Ok((len > 0).then_some(&self.buf[..len])))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Reads one packet into `buf`; `Ok(None)` at a clean end of stream.
+    fn read_packet(&mut self) -> Result<Option<usize>, ContainerError> {
+        let index = self.index;
+        let mut prefix = [0u8; 2];
+        match read_up_to(&mut self.r, &mut prefix)? {
+            0 => return Ok(None),
+            1 => return Err(ContainerError::TruncatedPacket { index }),
+            _ => {}
+        }
+        let len = usize::from(u16::from_le_bytes(prefix));
+        if len > MAX_PACKET_BYTES {
+            return Err(ContainerError::PacketTooLong { index, len });
+        }
+        self.lost.check(index, len == 0)?;
+        self.buf.resize(len, 0);
+        if read_up_to(&mut self.r, &mut self.buf[..len])? < len {
+            return Err(ContainerError::TruncatedPacket { index });
+        }
+        Ok(Some(len))
+    }
+}
+
+/// What [`decode`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodeReport {
+    /// Packets the header calls for ([`Header::packets_needed`]): the most that are decoded.
+    pub expected_packets: u64,
+    /// Packets that went through the decoder (lost ones included).
+    pub decoded_packets: u64,
+    /// Frames concealed: lost packets, plus (lenient) packets the decoder refused.
+    pub concealed: u64,
+    /// Packets after the last one the header calls for: read and counted, never decoded.
+    pub excess_packets: u64,
+    /// Lenient mode: the container error reading stopped at. Everything before it was decoded;
+    /// when `decoded_packets == expected_packets` the damage lies past the end and cost nothing.
+    pub stopped_by: Option<ContainerError>,
+}
+
+/// Decodes the packets of `packets` with `dec` into `out` (cleared first), then drops the
+/// codec delay and trims to `total_samples`, so `out` lines up with the encoder's input sample
+/// for sample. The work and the output are bounded by the header, not by the file:
+///
+/// * At most [`Header::packets_needed`] packets are decoded, so `out` never exceeds
+///   `total_samples` (≤ 24 h) and the decoder runs at most that many times (twice that when
+///   lenient and it refuses packets). Packets past that point are read and counted (I/O only,
+///   one reused buffer) but never decoded. The encoder never writes them, so they mean a file
+///   that is not what its header says (damage, concatenation, or a hostile file): strict mode
+///   fails with [`ContainerError::ExcessPackets`] rather than silently dropping data; lenient
+///   mode keeps the decoded clip and reports the count in [`DecodeReport::excess_packets`].
+/// * More than [`MAX_LOST_RUN`] lost packets in a row is [`ContainerError::TooManyLost`] from
+///   the reader, as is any other damage: strict mode fails; lenient mode stops there, keeping
+///   everything decoded before it ([`DecodeReport::stopped_by`]).
+/// * A packet the decoder refuses fails strict mode ([`CodecError::AtFrame`]); lenient mode
+///   reports it to `on_concealed` and conceals the frame instead.
+///
+/// A stream that simply ends early is not an error here: `out` is then shorter than
+/// `total_samples`, and the caller decides (`aic decode` fails unless `--lenient`).
+/// This crate does not touch the clock: to time the decoder, wrap it.
+pub fn decode<R: Read, D: Decoder + ?Sized>(
+    packets: &mut PacketReader<R>,
+    dec: &mut D,
+    lenient: bool,
+    out: &mut Vec<f32>,
+    mut on_concealed: impl FnMut(u64, &CodecError),
+) -> Result<DecodeReport, CodecError> {
+    let expected = packets.header().packets_needed();
+    let delay = packets.header().info.delay_samples;
+    let total = usize::try_from(packets.header().total_samples).unwrap_or(usize::MAX);
+    let mut rep = DecodeReport {
+        expected_packets: expected,
+        ..DecodeReport::default()
+    };
+    out.clear();
+    while rep.decoded_packets < expected {
+        let index = rep.decoded_packets;
+        let p = match packets.next_packet() {
+            None => break,
+            Some(Ok(p)) => p,
+            Some(Err(e)) if lenient => {
+                rep.stopped_by = Some(e);
+                break;
+            }
+            Some(Err(e)) => return Err(e.into()),
+        };
+        if p.is_none() {
+            rep.concealed += 1;
+        }
+        if let Err(e) = dec.decode_frame(p, out) {
+            if !lenient {
+                return Err(CodecError::AtFrame {
+                    index,
+                    error: Box::new(e),
+                });
+            }
+            on_concealed(index, &e);
+            rep.concealed += 1;
+            dec.decode_frame(None, out)
+                .map_err(|e| CodecError::AtFrame {
+                    index,
+                    error: Box::new(e),
+                })?;
+        }
+        rep.decoded_packets += 1;
+    }
+    if rep.decoded_packets == expected {
+        // Past the end: count what is there without decoding it.
+        while let Some(p) = packets.next_packet() {
+            match p {
+                Ok(_) => rep.excess_packets += 1,
+                Err(e) => {
+                    if !lenient && rep.excess_packets == 0 {
+                        return Err(e.into());
+                    }
+                    rep.stopped_by = Some(e);
+                    break;
+                }
+            }
+        }
+        if !lenient && rep.excess_packets > 0 {
+            return Err(ContainerError::ExcessPackets {
+                expected,
+                excess: rep.excess_packets,
+            }
+            .into());
+        }
+    }
+    out.drain(..delay.min(out.len()));
+    out.truncate(total);
+    Ok(rep)
 }
 
 #[cfg(test)]
@@ -394,6 +698,327 @@ mod tests {
         assert!(h.write(&mut Vec::new()).is_err());
     }
 
+    /// A test decoder: counts calls, refuses packets starting with 0xFF, emits the call number.
+    struct Counting {
+        info: CodecInfo,
+        calls: u64,
+    }
+
+    impl Counting {
+        fn new(h: &Header) -> Self {
+            Self {
+                info: h.info.clone(),
+                calls: 0,
+            }
+        }
+    }
+
+    impl Decoder for Counting {
+        fn info(&self) -> &CodecInfo {
+            &self.info
+        }
+        fn decode_frame(
+            &mut self,
+            packet: Option<&[u8]>,
+            out: &mut Vec<f32>,
+        ) -> Result<(), CodecError> {
+            self.calls += 1;
+            if packet.is_some_and(|p| p[0] == 0xFF) {
+                return Err(crate::bitstream::BitstreamError::CorruptPayload.into());
+            }
+            out.extend(std::iter::repeat_n(
+                self.calls as f32,
+                self.info.frame_samples,
+            ));
+            Ok(())
+        }
+        fn reset(&mut self) -> Result<(), CodecError> {
+            Ok(())
+        }
+    }
+
+    /// A reader that hands out at most `max` bytes per call (streams rarely fill a buffer).
+    struct Trickle<'a> {
+        b: &'a [u8],
+        max: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.max).min(self.b.len());
+            buf[..n].copy_from_slice(&self.b[..n]);
+            self.b = &self.b[n..];
+            Ok(n)
+        }
+    }
+
+    fn file_with(h: &Header, packets: impl IntoIterator<Item = Option<Vec<u8>>>) -> Vec<u8> {
+        let mut f = Vec::new();
+        h.write(&mut f).unwrap();
+        for p in packets {
+            write_packet(p.as_deref(), &mut f).unwrap();
+        }
+        f
+    }
+
+    fn stream_packets(f: &[u8], max: usize) -> Vec<Result<Option<Vec<u8>>, ContainerError>> {
+        let mut r = PacketReader::new(Trickle { b: f, max }).unwrap();
+        let mut v = Vec::new();
+        while let Some(p) = r.next_packet() {
+            v.push(p.map(|p| p.map(<[u8]>::to_vec)));
+        }
+        v
+    }
+
+    fn decode_bytes(
+        f: &[u8],
+        lenient: bool,
+    ) -> (Result<DecodeReport, CodecError>, Vec<f32>, u64, Vec<u64>) {
+        let mut r = PacketReader::new(f).unwrap();
+        let mut dec = Counting::new(r.header());
+        let mut out = Vec::new();
+        let mut refused = Vec::new();
+        let rep = decode(&mut r, &mut dec, lenient, &mut out, |i, _| refused.push(i));
+        (rep, out, dec.calls, refused)
+    }
+
+    /// A header for `frames` 20 ms frames at 16 kHz, no codec delay.
+    fn header_frames(frames: u64) -> Header {
+        let mut h = header();
+        h.info.delay_samples = 0;
+        h.total_samples = frames * 320;
+        h
+    }
+
+    #[test]
+    fn stream_reader_reads_what_the_slice_reader_reads() {
+        let f = file();
+        let want: Vec<_> = read(&f)
+            .unwrap()
+            .1
+            .map(|p| p.map(|p| p.map(<[u8]>::to_vec)))
+            .collect();
+        for max in [1, 2, 3, 7, 4096] {
+            assert_eq!(stream_packets(&f, max), want, "{max} bytes per read");
+            let r = PacketReader::new(Trickle { b: &f, max }).unwrap();
+            assert_eq!(r.header(), &header());
+        }
+    }
+
+    #[test]
+    fn stream_header_verdicts_match_the_slice_reader() {
+        let f = file();
+        let hlen = Header::read(&f).unwrap().1;
+        for cut in 0..hlen {
+            assert_eq!(
+                PacketReader::new(&f[..cut]).unwrap_err(),
+                Header::read(&f[..cut]).unwrap_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = f.clone();
+        long[5..7].copy_from_slice(&600u16.to_le_bytes());
+        assert_eq!(
+            PacketReader::new(long.as_slice()).unwrap_err(),
+            ContainerError::HeaderTooLong(600)
+        );
+        assert_eq!(
+            PacketReader::new(&b"RIFF0000WAVEfmt "[..]).unwrap_err(),
+            ContainerError::Magic
+        );
+    }
+
+    #[test]
+    fn truncated_stream_delivers_every_complete_packet() {
+        let h = header_frames(20);
+        let packets: Vec<_> = (0..20u8).map(|i| Some(vec![i + 1; 10])).collect();
+        let f = file_with(&h, packets.clone());
+        // Cut inside the last packet (body, then length prefix), then inside the one before.
+        for (cut, complete) in [(5, 19), (10, 19), (11, 19), (13, 18)] {
+            let p = stream_packets(&f[..f.len() - cut], 3);
+            assert_eq!(p.len(), complete + 1, "cut {cut}");
+            for (i, got) in p[..complete].iter().enumerate() {
+                assert_eq!(got.as_ref().unwrap(), &packets[i], "cut {cut}, packet {i}");
+            }
+            assert_eq!(
+                p[complete],
+                Err(ContainerError::TruncatedPacket {
+                    index: complete as u64
+                })
+            );
+            // Decoding: strict fails at the damage, lenient keeps every complete packet.
+            let (rep, _, _, _) = decode_bytes(&f[..f.len() - cut], false);
+            assert!(matches!(
+                rep,
+                Err(CodecError::Container(
+                    ContainerError::TruncatedPacket { .. }
+                ))
+            ));
+            let (rep, out, calls, _) = decode_bytes(&f[..f.len() - cut], true);
+            let rep = rep.unwrap();
+            assert_eq!(
+                (rep.decoded_packets, calls),
+                (complete as u64, complete as u64)
+            );
+            assert_eq!(out.len(), complete * 320);
+            assert!(matches!(
+                rep.stopped_by,
+                Some(ContainerError::TruncatedPacket { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn ten_thousand_lost_packets_are_refused_after_the_bound() {
+        let h = header_frames(10_000);
+        let f = file_with(&h, (0..10_000).map(|_| None));
+        assert_eq!(f.len(), Header::read(&f).unwrap().1 + 20_000);
+        // Both readers: MAX_LOST_RUN lost frames, then a typed error, then nothing.
+        let p = stream_packets(&f, 4096);
+        let slice: Vec<_> = read(&f).unwrap().1.collect();
+        let n = MAX_LOST_RUN as usize;
+        assert_eq!(p.len(), n + 1);
+        assert_eq!(slice.len(), n + 1);
+        assert!(p[..n].iter().all(|p| p == &Ok(None)));
+        let err = ContainerError::TooManyLost { index: n as u64 };
+        assert_eq!(p[n], Err(err.clone()));
+        assert_eq!(slice[n], Err(err.clone()));
+        // Strict decode fails there, having run the decoder MAX_LOST_RUN times, not 10 000.
+        let (rep, _, calls, _) = decode_bytes(&f, false);
+        assert!(
+            matches!(&rep, Err(CodecError::Container(e)) if *e == err),
+            "{rep:?}"
+        );
+        assert_eq!(calls, u64::from(MAX_LOST_RUN));
+        // Lenient decode stops there and keeps what came before.
+        let (rep, out, calls, _) = decode_bytes(&f, true);
+        let rep = rep.unwrap();
+        assert_eq!(calls, u64::from(MAX_LOST_RUN));
+        assert_eq!(rep.decoded_packets, u64::from(MAX_LOST_RUN));
+        assert_eq!(rep.concealed, u64::from(MAX_LOST_RUN));
+        assert_eq!(rep.stopped_by, Some(err));
+        assert_eq!(out.len(), n * 320);
+    }
+
+    #[test]
+    fn runs_of_lost_packets_up_to_the_bound_are_fine() {
+        let n = MAX_LOST_RUN as usize;
+        let packets: Vec<_> = (0..3)
+            .flat_map(|_| (0..n).map(|_| None).chain([Some(vec![1])]))
+            .collect();
+        let h = header_frames(packets.len() as u64);
+        let f = file_with(&h, packets.clone());
+        let p = stream_packets(&f, 4096);
+        assert_eq!(p.len(), packets.len());
+        assert!(p.iter().all(Result::is_ok));
+        let (rep, out, calls, _) = decode_bytes(&f, false);
+        let rep = rep.unwrap();
+        assert_eq!(calls, packets.len() as u64);
+        assert_eq!(rep.concealed, 3 * n as u64);
+        assert_eq!(out.len() as u64, h.total_samples);
+    }
+
+    #[test]
+    fn packets_past_total_samples_are_not_decoded() {
+        // 3 200 samples + 240 delay = 10.75 frames: 11 packets are needed; the file has 100.
+        let mut h = header();
+        h.total_samples = 3_200;
+        assert_eq!(h.packets_needed(), 11);
+        let f = file_with(&h, (0..100u8).map(|i| Some(vec![i])));
+        let (rep, out, calls, _) = decode_bytes(&f, true);
+        let rep = rep.unwrap();
+        assert_eq!(
+            calls, 11,
+            "the decoder ran only for the packets the header needs"
+        );
+        assert_eq!(rep.decoded_packets, 11);
+        assert_eq!(rep.excess_packets, 89);
+        assert_eq!(rep.stopped_by, None);
+        assert_eq!(out.len(), 3_200, "output trimmed to total_samples");
+        // The delay is dropped from the front: the first sample is from call 1, sample 240.
+        assert_eq!(out[0], 1.0);
+        assert_eq!(out[80], 2.0);
+        // Strict: the same bounded work, then an error that says what is wrong.
+        let (rep, _, calls, _) = decode_bytes(&f, false);
+        assert_eq!(calls, 11);
+        match rep {
+            Err(CodecError::Container(ContainerError::ExcessPackets { expected, excess })) => {
+                assert_eq!((expected, excess), (11, 89));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Exactly the packets the encoder writes: no complaint.
+        let exact = file_with(&h, (0..11u8).map(|i| Some(vec![i])));
+        let (rep, out, _, _) = decode_bytes(&exact, false);
+        assert_eq!(rep.unwrap().excess_packets, 0);
+        assert_eq!(out.len(), 3_200);
+        // A hostile tail of lost packets past the end costs no decoder call either.
+        let lost_tail = file_with(
+            &h,
+            (0..11u8)
+                .map(|i| Some(vec![i]))
+                .chain((0..10_000).map(|_| None)),
+        );
+        let (rep, out, calls, _) = decode_bytes(&lost_tail, true);
+        let rep = rep.unwrap();
+        assert_eq!((calls, out.len()), (11, 3_200));
+        assert_eq!(rep.excess_packets, u64::from(MAX_LOST_RUN));
+        assert!(matches!(
+            rep.stopped_by,
+            Some(ContainerError::TooManyLost { .. })
+        ));
+        assert!(decode_bytes(&lost_tail, false).0.is_err());
+    }
+
+    #[test]
+    fn refused_packets_fail_strict_and_are_concealed_when_lenient() {
+        let h = header_frames(4);
+        let f = file_with(&h, [Some(vec![1]), Some(vec![0xFF]), None, Some(vec![2])]);
+        let (rep, _, _, _) = decode_bytes(&f, false);
+        let e = rep.unwrap_err();
+        assert!(matches!(e, CodecError::AtFrame { index: 1, .. }), "{e:?}");
+        assert!(e.to_string().starts_with("frame 1: corrupt frame"), "{e}");
+        let (rep, out, calls, refused) = decode_bytes(&f, true);
+        let rep = rep.unwrap();
+        assert_eq!(refused, vec![1]);
+        assert_eq!((rep.concealed, calls, out.len()), (2, 5, 4 * 320));
+    }
+
+    #[test]
+    fn total_samples_is_bounded_to_a_day() {
+        let mut h = header();
+        h.total_samples = MAX_DURATION_SECS * 16_000;
+        let mut ok = Vec::new();
+        h.write(&mut ok).unwrap();
+        h.total_samples += 1;
+        assert!(matches!(
+            h.write(&mut Vec::new()),
+            Err(ContainerError::Field {
+                field: "total_samples",
+                ..
+            })
+        ));
+        // A file claiming more (CRC fixed up) is refused on read, by both readers.
+        let n = ok.len();
+        ok[n - 12..n - 4].copy_from_slice(&h.total_samples.to_le_bytes());
+        let crc = CRC32.checksum(&ok[..n - 4]);
+        ok[n - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            read(&ok),
+            Err(ContainerError::Field {
+                field: "total_samples",
+                ..
+            })
+        ));
+        assert!(matches!(
+            PacketReader::new(ok.as_slice()),
+            Err(ContainerError::Field {
+                field: "total_samples",
+                ..
+            })
+        ));
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
@@ -410,6 +1035,21 @@ mod tests {
             if let Ok((_, packets)) = read(&f) {
                 for p in packets { let _ = p; }
             }
+        }
+
+        #[test]
+        fn stream_and_slice_readers_agree(
+            tail in proptest::collection::vec(any::<u8>(), 0..300),
+            max in 1usize..9,
+        ) {
+            let mut f = file();
+            f.extend_from_slice(&tail);
+            let slice: Vec<_> = read(&f)
+                .unwrap()
+                .1
+                .map(|p| p.map(|p| p.map(<[u8]>::to_vec)))
+                .collect();
+            prop_assert_eq!(stream_packets(&f, max), slice);
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Options {
     pub mid: Option<String>,
     /// `inproc`, or the `aic serve --bridge-socket` path.
     pub pipeline: String,
+    /// Sent when opening the shm link's stream (`--api-key`, `AIC_API_KEY`); `Debug` hides it.
+    pub api_key: link::LinkKey,
     pub model_dir: PathBuf,
     pub level: u8,
     pub budget_ms: u32,
@@ -296,7 +298,8 @@ fn open_link(o: &Options) -> Result<Box<dyn PipelineLink>> {
         )?)),
         path => {
             let mut client = link::LinkClient::connect(std::path::Path::new(path))
-                .with_context(|| format!("connecting to the pipeline at {path}"))?;
+                .with_context(|| format!("connecting to the pipeline at {path}"))?
+                .with_api_key(o.api_key.as_str())?;
             let stream = client
                 .open(link::LinkConfig {
                     level: o.level,

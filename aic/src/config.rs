@@ -39,6 +39,17 @@ pub struct ServeArgs {
     /// file from a dead server is replaced [default: off].
     #[arg(long, env = "AIC_BRIDGE_SOCKET")]
     pub bridge_socket: Option<PathBuf>,
+    /// Only these peer uids may use the bridge socket (checked with SO_PEERCRED); repeat the
+    /// flag, or comma-separate in the variable [default: any uid the socket's mode 0660 admits].
+    #[arg(
+        long = "bridge-allowed-uid",
+        env = "AIC_BRIDGE_ALLOWED_UIDS",
+        value_delimiter = ','
+    )]
+    pub bridge_allowed_uids: Vec<u32>,
+    /// Bridge connections served at once; more are refused with a message [default: 64].
+    #[arg(long, env = "AIC_BRIDGE_MAX_CONNS")]
+    pub bridge_max_conns: Option<usize>,
     /// API keys on the codec API: "on", or "off" for local development (loopback only)
     /// [default: on].
     #[arg(long, env = "AIC_AUTH")]
@@ -77,6 +88,8 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     store_url: Option<String>,
     bridge_socket: Option<PathBuf>,
+    bridge_allowed_uids: Option<Vec<u32>>,
+    bridge_max_conns: Option<usize>,
     auth: Option<String>,
     admin_token: Option<String>,
     key_cache_ttl_secs: Option<u64>,
@@ -98,6 +111,9 @@ pub struct Settings {
     /// The SFU bridge link socket; absent = off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bridge_socket: Option<PathBuf>,
+    /// Peer uids allowed on the bridge socket; empty = any the socket's mode admits.
+    pub bridge_allowed_uids: Vec<u32>,
+    pub bridge_max_conns: usize,
     pub auth: String,
     /// Only from the file or `AIC_ADMIN_TOKEN`; otherwise the server makes one in the data dir.
     #[serde(skip)]
@@ -157,6 +173,15 @@ pub fn resolve(
             .unwrap_or_else(|| aic_control::store::Store::sqlite_url(&data_dir)),
         data_dir,
         bridge_socket: a.bridge_socket.clone().or(f.bridge_socket),
+        // An empty list from clap is "not given".
+        bridge_allowed_uids: Some(a.bridge_allowed_uids.clone())
+            .filter(|v| !v.is_empty())
+            .or(f.bridge_allowed_uids)
+            .unwrap_or_default(),
+        bridge_max_conns: a
+            .bridge_max_conns
+            .or(f.bridge_max_conns)
+            .unwrap_or(crate::bridge_server::DEFAULT_MAX_CONNS),
         auth: a.auth.clone().or(f.auth).unwrap_or_else(|| "on".into()),
         admin_token: env_admin_token.or(f.admin_token),
         key_cache_ttl_secs: a.key_cache_ttl_secs.or(f.key_cache_ttl_secs).unwrap_or(5),
@@ -181,6 +206,9 @@ pub fn resolve(
     }
     if !(1..=64).contains(&s.workers) {
         bail!("workers {} not in 1..=64", s.workers);
+    }
+    if !(1..=4096).contains(&s.bridge_max_conns) {
+        bail!("bridge_max_conns {} not in 1..=4096", s.bridge_max_conns);
     }
     if s.metrics_listen != "off" && s.metrics_listen.parse::<SocketAddr>().is_err() {
         bail!(
@@ -280,6 +308,37 @@ mod tests {
         let s = resolve(&none, FileConfig::default(), None, 2).unwrap();
         assert_eq!(s.max_streams, 64);
         assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bridge_settings_follow_the_precedence() {
+        let f = || file("bridge_allowed_uids = [1000, 1001]\nbridge_max_conns = 8\n");
+        let none = ServeArgs::default();
+        let s = resolve(&none, FileConfig::default(), None, 1).unwrap();
+        assert_eq!(
+            (s.bridge_allowed_uids.clone(), s.bridge_max_conns),
+            (vec![], 64)
+        );
+        let s = resolve(&none, f(), None, 1).unwrap();
+        assert_eq!(
+            (s.bridge_allowed_uids.clone(), s.bridge_max_conns),
+            (vec![1000, 1001], 8)
+        );
+        let flags = ServeArgs {
+            bridge_allowed_uids: vec![5],
+            bridge_max_conns: Some(2),
+            ..ServeArgs::default()
+        };
+        let s = resolve(&flags, f(), None, 1).unwrap();
+        assert_eq!(
+            (s.bridge_allowed_uids.clone(), s.bridge_max_conns),
+            (vec![5], 2)
+        );
+        let zero = ServeArgs {
+            bridge_max_conns: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(resolve(&zero, FileConfig::default(), None, 1).is_err());
     }
 
     #[test]

@@ -39,6 +39,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run: the size does not matter
 enum Cmd {
     /// Serve the gRPC codec API (EncodeStream, DecodeStream, Encode, Decode, Hints, ListModels,
     /// health, reflection), the control API (tenants, keys, policy, usage, audit) and Prometheus
@@ -104,6 +105,10 @@ struct AttachJanusArgs {
     /// `inproc` (the pipeline in this process) or the socket of `aic serve --bridge-socket`.
     #[arg(long, default_value = "inproc")]
     pipeline: String,
+    /// API key (`aick_…`) sent when opening the stream on `aic serve --bridge-socket` (not
+    /// needed for `inproc`, nor by a server run with `--auth off`).
+    #[arg(long, env = "AIC_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
     /// AIC level (codebooks sent).
     #[arg(long, default_value_t = 6)]
     level: u8,
@@ -303,6 +308,10 @@ fn run(cli: Cli) -> Result<()> {
                     data_dir: s.data_dir,
                     store_url: s.store_url,
                     bridge_socket: s.bridge_socket,
+                    bridge_limits: bridge_server::Limits {
+                        allowed_uids: s.bridge_allowed_uids,
+                        max_conns: s.bridge_max_conns,
+                    },
                     auth: if s.auth == "off" {
                         aic_control::gate::Auth::Off
                     } else {
@@ -331,6 +340,8 @@ fn run(cli: Cli) -> Result<()> {
                 publisher: a.publisher,
                 mid: a.mid,
                 pipeline: a.pipeline,
+                api_key: aic_sfu_bridge::link::LinkKey::new(a.api_key.as_deref().unwrap_or(""))
+                    .context("--api-key")?,
                 model_dir: model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir),
                 level: a.level,
                 budget_ms: a.budget_ms,

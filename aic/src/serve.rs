@@ -57,6 +57,8 @@ pub struct Options {
     pub workers: usize,
     /// Serve the bridge link (`aic_sfu_bridge::link`) on this Unix socket (None: off).
     pub bridge_socket: Option<std::path::PathBuf>,
+    /// Who may use the bridge socket and how many at once.
+    pub bridge_limits: crate::bridge_server::Limits,
     /// Holds the SQLite store and the admin token file.
     pub data_dir: std::path::PathBuf,
     /// Control store: `sqlite://…` or `postgres://…`.
@@ -978,6 +980,8 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
                     path,
                     pipeline.clone(),
                     model.manifest.model_id.clone(),
+                    gate.clone(),
+                    opts.bridge_limits.clone(),
                 )?;
                 Some(b)
             }

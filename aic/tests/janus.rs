@@ -313,7 +313,7 @@ fn inside_namespace(loss_pct: Option<u32>) {
 
     // The pipeline process: AIC encode + decode behind the shm link.
     let sock = t.join("bridge.sock");
-    let serve = Command::new(env!("CARGO_BIN_EXE_aic"))
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_aic"))
         .args([
             "serve",
             "--listen",
@@ -325,16 +325,51 @@ fn inside_namespace(loss_pct: Option<u32>) {
         .arg(&sock)
         .arg("--data-dir")
         .arg(t.join("aic-data"))
+        .env_remove("AIC_ADMIN_TOKEN")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let serve_err = lines("serve", serve.stderr.take().unwrap());
     procs.0.push(("aic serve".into(), serve));
+    let listening = wait_line(&serve_err, "listening on", Duration::from_secs(60));
+    let grpc = listening
+        .split("listening on ")
+        .nth(1)
+        .and_then(|a| a.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {listening:?}"))
+        .to_owned();
     let ready = (0..300).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
         sock.exists()
     });
     assert!(ready, "aic serve did not create {}", sock.display());
+    // The bridge shows an API key when it opens its stream (AIC_API_KEY, like --api-key).
+    let admin = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_aic"))
+            .args(["admin", "--server", &format!("http://{grpc}"), "--data-dir"])
+            .arg(t.join("aic-data"))
+            .args(args)
+            .env_remove("AIC_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aic admin {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tenant = admin(&["tenant", "create", "janus-test"]);
+    let tenant = tenant.split_whitespace().next().unwrap().to_owned();
+    let api_key = admin(&["key", "create", "--tenant", &tenant])
+        .lines()
+        .find_map(|l| {
+            l.split("store it now): ")
+                .nth(1)
+                .map(|k| k.trim().to_owned())
+        })
+        .expect("aic admin key create printed the key");
 
     let summary = t.join("summary.json");
     let mut attach = Command::new(env!("CARGO_BIN_EXE_aic"))
@@ -344,6 +379,7 @@ fn inside_namespace(loss_pct: Option<u32>) {
         .args(["--aic-dest", &aic_addr.to_string()])
         .arg("--pipeline")
         .arg(&sock)
+        .env("AIC_API_KEY", &api_key)
         .arg("--summary")
         .arg(&summary)
         .stderr(Stdio::piped())

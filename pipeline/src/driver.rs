@@ -305,6 +305,9 @@ impl Worker {
                     }
                 }
                 Poll::Idle if stopping => break,
+                // Streams to close (a `Close` taken by `try_recv` above): close them below
+                // before sleeping, or they would wait for the next command, maybe forever.
+                Poll::Idle if !self.closing.is_empty() => {}
                 Poll::Idle => match self.rx.recv() {
                     Ok(cmd) => stopping |= self.handle(cmd),
                     Err(_) => stopping = true,

@@ -177,3 +177,30 @@ fn two_workers_share_the_streams_with_unique_ids() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(p.open(StreamConfig::encode(2)).is_ok());
 }
+
+/// Regression: a `Close` that reached an idle worker between two waits was only acted on at
+/// the next command, so a stream's outputs did not end (and its slot stayed taken) until
+/// something else happened in the pipeline.
+#[test]
+fn dropped_streams_end_without_another_command() {
+    let p = Pipeline::start(model(), EngineConfig::default());
+    for _ in 0..5 {
+        let (a_tx, a_out) = p.open(StreamConfig::encode(4)).unwrap().split();
+        let (b_tx, b_out) = p.open(StreamConfig::encode(4)).unwrap().split();
+        a_tx.push_pcm(tone(0)).unwrap();
+        b_tx.push_pcm(tone(0)).unwrap();
+        a_out.recv_timeout(Duration::from_secs(10)).unwrap();
+        b_out.recv_timeout(Duration::from_secs(10)).unwrap();
+        drop(a_tx);
+        drop(b_tx);
+        for out in [a_out, b_out] {
+            assert!(
+                matches!(
+                    out.recv_timeout(Duration::from_secs(5)),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                ),
+                "a dropped stream's outputs must end"
+            );
+        }
+    }
+}

@@ -3,11 +3,15 @@
 //! (or an Opus fallback frame) and the PCM an AIC receiver hears.
 //!
 //! * **Control** goes over a Unix-domain `SOCK_SEQPACKET` socket, one connection per stream:
-//!   the client sends [`Control::Open`], the server answers [`Control::OpenOk`] (model id, ring
-//!   geometry) with five file descriptors attached (`SCM_RIGHTS`: the sealed memfd holding both
-//!   rings, then the eventfds *to-server data*, *to-server space*, *to-client data*, *to-client
-//!   space*), or [`Control::Refused`] with a reason. [`Control::Close`] (or just closing the
-//!   connection) ends the stream.
+//!   the client sends [`Control::Open`] (stream config and the caller's API key), the server
+//!   answers [`Control::OpenOk`] (model id, ring geometry) with five file descriptors attached
+//!   (`SCM_RIGHTS`: the sealed memfd holding both rings, then the eventfds *to-server data*,
+//!   *to-server space*, *to-client data*, *to-client space*), or [`Control::Refused`] with a
+//!   [`RefusalCode`] and a reason. [`Control::Close`] (or just closing the connection) ends the
+//!   stream.
+//! * **Who may connect**: the socket file is made mode 0660 between `bind` and `listen` (no
+//!   window in which the umask's mode applies to a listening socket); the server can read the
+//!   peer's uid/gid/pid ([`LinkConn::peer`], `SO_PEERCRED`) and check the key it sent.
 //! * **Data** goes over the two rings of that memfd ([`crate::shm`]): ring 0 carries
 //!   [`FrameIn`]s to the server, ring 1 [`FrameOut`]s back, each one slot.
 //! * **A dead peer** is the connection closing, which the kernel reports even after `SIGKILL`:
@@ -43,7 +47,10 @@ pub const SLOTS: u32 = 64;
 /// Bytes of a control message's fixed header.
 const CTRL_HEADER: usize = 8;
 const CTRL_MAGIC: [u8; 4] = *b"AICL";
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `Open` carries an API key, `Refused` a [`RefusalCode`] (1 had neither).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Mode of the listening socket's file: owner and group may connect, nobody else.
+pub const SOCKET_MODE: u32 = 0o660;
 /// Largest control message (an `OpenOk` or `Refused` with a 255-byte string).
 pub const MAX_CONTROL: usize = 512;
 const FDS: usize = 5;
@@ -60,9 +67,9 @@ pub enum LinkError {
     /// The peer said or wrote something this side cannot accept.
     #[error("link protocol: {0}")]
     Protocol(String),
-    /// The server refused to open the stream (bad config, no free slot, ...).
-    #[error("the pipeline refused the stream: {0}")]
-    Refused(String),
+    /// The server refused the connection or the stream: why, as a code and in words.
+    #[error("the pipeline refused the stream ({code}): {reason}")]
+    Refused { code: RefusalCode, reason: String },
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -72,6 +79,100 @@ pub enum LinkError {
 impl From<rustix::io::Errno> for LinkError {
     fn from(e: rustix::io::Errno) -> Self {
         LinkError::Io(e.into())
+    }
+}
+
+/// Why the server refused a connection or a stream (the first byte of a `Refused` body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// Anything else.
+    Other = 0,
+    /// Missing, malformed, unknown or revoked API key.
+    Unauthenticated = 1,
+    /// The key's policy does not allow it, or the peer's uid may not use this socket.
+    Forbidden = 2,
+    /// A limit is reached: the key's concurrent streams, the pipeline's slots, or the server's
+    /// bridge connections. Retrying later may work.
+    Limit = 3,
+    /// The stream config is invalid.
+    Invalid = 4,
+    /// The server cannot decide now (its control store is unreachable); retry.
+    Unavailable = 5,
+}
+
+impl RefusalCode {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Other,
+            1 => Self::Unauthenticated,
+            2 => Self::Forbidden,
+            3 => Self::Limit,
+            4 => Self::Invalid,
+            5 => Self::Unavailable,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Other => "other",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::Limit => "limit",
+            Self::Invalid => "invalid",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An API key as the link carries it (at most 255 bytes of UTF-8; empty = none). `Debug` never
+/// shows it, so the key cannot leak into a log line through an error or a `{:?}`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct LinkKey(String);
+
+impl LinkKey {
+    /// Largest key the open message can carry.
+    pub const MAX_LEN: usize = 255;
+
+    pub fn new(key: &str) -> Result<Self, LinkError> {
+        if key.len() > Self::MAX_LEN {
+            return Err(LinkError::Protocol(format!(
+                "an API key of {} bytes; the link carries at most {}",
+                key.len(),
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Self(key.to_owned()))
+    }
+
+    /// No key.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for LinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("LinkKey(none)")
+        } else {
+            write!(f, "LinkKey(<{} bytes, redacted>)", self.0.len())
+        }
     }
 }
 
@@ -240,8 +341,12 @@ pub fn decode_frame_out(b: &[u8], out: &mut FrameOut) -> Result<(), LinkError> {
 /// A control message on the stream's Unix socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
-    /// Client → server. Body: level u8 | 0 u8 ×3 | latency_budget_ms u32 | reference_opus_kbps u32.
-    Open(LinkConfig),
+    /// Client → server. Body: level u8 | 0 u8 ×3 | latency_budget_ms u32 |
+    /// reference_opus_kbps u32 | key_len u8 | API key (UTF-8; empty = none).
+    Open {
+        config: LinkConfig,
+        api_key: LinkKey,
+    },
     /// Server → client, with [`FDS`] descriptors attached. Body: slot_size u32 | slot_count u32 |
     /// id_len u8 | model id (UTF-8).
     OpenOk {
@@ -249,8 +354,8 @@ pub enum Control {
         slot_count: u32,
         model_id: String,
     },
-    /// Server → client. Body: len u8 | reason (UTF-8).
-    Refused(String),
+    /// Server → client. Body: code u8 ([`RefusalCode`]) | len u8 | reason (UTF-8).
+    Refused { code: RefusalCode, reason: String },
     /// Either way: the stream ends. No body.
     Close,
     /// Client → server: is anyone there? No body.
@@ -295,19 +400,21 @@ impl Control {
         buf.extend_from_slice(&CTRL_MAGIC);
         buf.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
         let kind = match self {
-            Control::Open(_) => K_OPEN,
+            Control::Open { .. } => K_OPEN,
             Control::OpenOk { .. } => K_OPEN_OK,
-            Control::Refused(_) => K_REFUSED,
+            Control::Refused { .. } => K_REFUSED,
             Control::Close => K_CLOSE,
             Control::Hello => K_HELLO,
             Control::HelloOk { .. } => K_HELLO_OK,
         };
         buf.extend_from_slice(&[kind, 0]);
         match self {
-            Control::Open(c) => {
+            Control::Open { config: c, api_key } => {
                 buf.extend_from_slice(&[c.level, 0, 0, 0]);
                 buf.extend_from_slice(&c.latency_budget_ms.to_le_bytes());
                 buf.extend_from_slice(&c.reference_opus_kbps.to_le_bytes());
+                // Never cut: `LinkKey` holds at most 255 bytes.
+                push_str(buf, api_key.as_str());
             }
             Control::OpenOk {
                 slot_size,
@@ -318,7 +425,10 @@ impl Control {
                 buf.extend_from_slice(&slot_count.to_le_bytes());
                 push_str(buf, model_id);
             }
-            Control::Refused(r) => push_str(buf, r),
+            Control::Refused { code, reason } => {
+                buf.push(*code as u8);
+                push_str(buf, reason);
+            }
             Control::HelloOk { model_id } => push_str(buf, model_id),
             Control::Close | Control::Hello => {}
         }
@@ -347,12 +457,17 @@ impl Control {
         };
         Ok(match b[6] {
             K_OPEN => {
-                fixed(12)?;
-                Control::Open(LinkConfig {
-                    level: body[0],
-                    latency_budget_ms: le_u32(body, 4),
-                    reference_opus_kbps: le_u32(body, 8),
-                })
+                if body.len() < 13 || body[1..4] != [0; 3] {
+                    return Err(LinkError::Protocol("malformed open message".into()));
+                }
+                Control::Open {
+                    config: LinkConfig {
+                        level: body[0],
+                        latency_budget_ms: le_u32(body, 4),
+                        reference_opus_kbps: le_u32(body, 8),
+                    },
+                    api_key: LinkKey(read_str(&body[12..])?),
+                }
             }
             K_OPEN_OK => {
                 if body.len() < 9 {
@@ -364,7 +479,17 @@ impl Control {
                     model_id: read_str(&body[8..])?,
                 }
             }
-            K_REFUSED => Control::Refused(read_str(body)?),
+            K_REFUSED => {
+                let Some((&c, rest)) = body.split_first() else {
+                    return Err(LinkError::Protocol("empty refusal".into()));
+                };
+                let code = RefusalCode::from_u8(c)
+                    .ok_or_else(|| LinkError::Protocol(format!("unknown refusal code {c}")))?;
+                Control::Refused {
+                    code,
+                    reason: read_str(rest)?,
+                }
+            }
             K_CLOSE => {
                 fixed(0)?;
                 Control::Close
@@ -414,20 +539,29 @@ fn recv_control(
     let mut buf = [0u8; MAX_CONTROL];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS))];
     let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let flags = RecvFlags::CMSG_CLOEXEC
+    let mut flags = RecvFlags::CMSG_CLOEXEC
         | if nonblocking {
             RecvFlags::DONTWAIT
         } else {
             RecvFlags::empty()
         };
+    let mut reset = false;
     let r = loop {
         match rustix::net::recvmsg(sock, &mut [IoSliceMut::new(&mut buf)], &mut anc, flags) {
             Err(rustix::io::Errno::INTR) => continue,
+            // A peer that closed with our message unread makes the kernel report ECONNRESET
+            // once, before the messages it sent: look (without waiting) for its last word,
+            // typically a `Refused`.
+            Err(rustix::io::Errno::CONNRESET) if !reset => {
+                reset = true;
+                flags |= RecvFlags::DONTWAIT;
+            }
             r => break r,
         }
     };
     let r = match r {
         Ok(r) => r,
+        Err(rustix::io::Errno::AGAIN) if reset => return Err(LinkError::PeerGone),
         Err(rustix::io::Errno::AGAIN) if nonblocking => return Ok(None),
         Err(rustix::io::Errno::CONNRESET) => return Err(LinkError::PeerGone),
         Err(e) => return Err(e.into()),
@@ -486,23 +620,50 @@ fn poll_readable(sock: &OwnedFd) -> bool {
 pub struct LinkClient {
     path: PathBuf,
     model_id: String,
+    api_key: LinkKey,
+}
+
+/// Sends a request and reads the reply. A server that refuses at once may close before the
+/// request arrives (the send fails): its `Refused` is then already in this socket's queue.
+fn request(
+    sock: &OwnedFd,
+    msg: &Control,
+    fds: &mut Vec<OwnedFd>,
+) -> Result<Option<Control>, LinkError> {
+    match send_control(sock, msg, &[]) {
+        Ok(()) => recv_control(sock, false, fds),
+        Err(LinkError::PeerGone) => match recv_control(sock, true, fds) {
+            Ok(Some(c @ Control::Refused { .. })) => Ok(Some(c)),
+            _ => Err(LinkError::PeerGone),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 impl LinkClient {
-    /// Checks that a server answers on `socket` (`PeerGone` if none does).
+    /// Checks that a server answers on `socket` (`PeerGone` if none does; `Refused` if it
+    /// does not serve this process: uid not allowed, too many connections).
     pub fn connect(socket: &Path) -> Result<Self, LinkError> {
         let s = connect_to(socket)?;
-        send_control(&s, &Control::Hello, &[])?;
         let mut fds = Vec::new();
-        match recv_control(&s, false, &mut fds)? {
+        match request(&s, &Control::Hello, &mut fds)? {
             Some(Control::HelloOk { model_id }) => Ok(Self {
                 path: socket.to_owned(),
                 model_id,
+                api_key: LinkKey::none(),
             }),
+            Some(Control::Refused { code, reason }) => Err(LinkError::Refused { code, reason }),
             other => Err(LinkError::Protocol(format!(
                 "expected a hello reply, got {other:?}"
             ))),
         }
+    }
+
+    /// The API key sent with every [`open`](Self::open) (`aick_…`; a server with keys off
+    /// ignores it). At most [`LinkKey::MAX_LEN`] bytes.
+    pub fn with_api_key(mut self, key: &str) -> Result<Self, LinkError> {
+        self.api_key = LinkKey::new(key)?;
+        Ok(self)
     }
 
     /// The model the server runs (from the hello reply).
@@ -510,19 +671,26 @@ impl LinkClient {
         &self.model_id
     }
 
-    /// Opens one stream (its own connection and rings).
+    /// Opens one stream (its own connection and rings). `Refused` with
+    /// [`RefusalCode::Unauthenticated`] for a missing or wrong key, `Forbidden`/`Limit` for the
+    /// key's policy and limits, `Limit` when the pipeline is full.
     pub fn open(&mut self, cfg: LinkConfig) -> Result<LinkStream, LinkError> {
         let sock = connect_to(&self.path)?;
-        send_control(&sock, &Control::Open(cfg), &[])?;
         let mut fds = Vec::new();
-        let reply = recv_control(&sock, false, &mut fds)?;
+        let msg = Control::Open {
+            config: cfg,
+            api_key: self.api_key.clone(),
+        };
+        let reply = request(&sock, &msg, &mut fds)?;
         let (slot_size, slot_count, model_id) = match reply {
             Some(Control::OpenOk {
                 slot_size,
                 slot_count,
                 model_id,
             }) => (slot_size, slot_count, model_id),
-            Some(Control::Refused(why)) => return Err(LinkError::Refused(why)),
+            Some(Control::Refused { code, reason }) => {
+                return Err(LinkError::Refused { code, reason });
+            }
             other => {
                 return Err(LinkError::Protocol(format!(
                     "expected an open reply, got {other:?}"
@@ -662,8 +830,8 @@ pub struct LinkListener {
 }
 
 impl LinkListener {
-    /// Binds `path`. A socket file left by a dead server is replaced; one a live server answers
-    /// on is an error (`AddrInUse`).
+    /// Binds `path`, mode [`SOCKET_MODE`] (0660, whatever the umask). A socket file left by a
+    /// dead server is replaced; one a live server answers on is an error (`AddrInUse`).
     pub fn bind(path: &Path) -> Result<Self, LinkError> {
         if path.exists() {
             match connect_to(path) {
@@ -680,6 +848,12 @@ impl LinkListener {
         }
         let sock = seqpacket()?;
         rustix::net::bind(&sock, &SocketAddrUnix::new(path)?)?;
+        // The file is made with the umask's mode; set ours before `listen`, so no connection
+        // is ever accepted under another mode (connecting needs write permission on the file).
+        if let Err(e) = rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(SOCKET_MODE)) {
+            let _ = std::fs::remove_file(path);
+            return Err(e.into());
+        }
         rustix::net::listen(&sock, 64)?;
         Ok(Self {
             sock,
@@ -715,10 +889,21 @@ impl Drop for LinkListener {
 }
 
 /// What a client asked for on a fresh connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Hello,
-    Open(LinkConfig),
+    Open {
+        config: LinkConfig,
+        api_key: LinkKey,
+    },
+}
+
+/// The connecting process, as the kernel saw it at `connect` (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
 }
 
 /// An accepted connection, before its first request is answered.
@@ -739,7 +924,7 @@ impl LinkConn {
         let mut got = Vec::new();
         match recv_control(&self.sock, true, &mut got)? {
             Some(Control::Hello) => Ok(Request::Hello),
-            Some(Control::Open(c)) => Ok(Request::Open(c)),
+            Some(Control::Open { config, api_key }) => Ok(Request::Open { config, api_key }),
             other => Err(LinkError::Protocol(format!(
                 "expected hello or open, got {other:?}"
             ))),
@@ -756,8 +941,34 @@ impl LinkConn {
         )
     }
 
-    pub fn refuse(self, reason: &str) -> Result<(), LinkError> {
-        send_control(&self.sock, &Control::Refused(reason.into()), &[])
+    /// The connecting process's uid, gid and pid.
+    pub fn peer(&self) -> Result<PeerCred, LinkError> {
+        let c = rustix::net::sockopt::socket_peercred(&self.sock)?;
+        Ok(PeerCred {
+            uid: c.uid.as_raw(),
+            gid: c.gid.as_raw(),
+            pid: c.pid.as_raw_nonzero().get(),
+        })
+    }
+
+    /// Refuses the connection (also before its request was read) and closes it. Requests
+    /// already queued are read first: closing with unread messages would make the client's
+    /// next read fail (`ECONNRESET`) instead of returning this refusal.
+    pub fn refuse(self, code: RefusalCode, reason: &str) -> Result<(), LinkError> {
+        let mut fds = Vec::new();
+        for _ in 0..4 {
+            if !matches!(recv_control(&self.sock, true, &mut fds), Ok(Some(_))) {
+                break;
+            }
+        }
+        send_control(
+            &self.sock,
+            &Control::Refused {
+                code,
+                reason: reason.into(),
+            },
+            &[],
+        )
     }
 
     /// Creates the stream's rings, sends them to the client, and returns the server's ends.
@@ -977,17 +1188,31 @@ mod tests {
     fn control_round_trips_and_rejects_other_versions() {
         let mut b = Vec::new();
         for m in [
-            Control::Open(LinkConfig {
-                level: 4,
-                latency_budget_ms: 60,
-                reference_opus_kbps: 24,
-            }),
+            Control::Open {
+                config: LinkConfig {
+                    level: 4,
+                    latency_budget_ms: 60,
+                    reference_opus_kbps: 24,
+                },
+                api_key: LinkKey::new("aick_0123456789abcdef_secret").unwrap(),
+            },
+            Control::Open {
+                config: LinkConfig {
+                    level: 1,
+                    latency_budget_ms: 0,
+                    reference_opus_kbps: 0,
+                },
+                api_key: LinkKey::none(),
+            },
             Control::OpenOk {
                 slot_size: 2048,
                 slot_count: 64,
                 model_id: "aic-speech-v1".into(),
             },
-            Control::Refused("no".into()),
+            Control::Refused {
+                code: RefusalCode::Limit,
+                reason: "no".into(),
+            },
             Control::Close,
             Control::Hello,
             Control::HelloOk {
@@ -1000,8 +1225,166 @@ mod tests {
         b[4] = 9;
         assert!(Control::decode(&b).is_err());
         // Strings longer than 255 bytes are cut at a char boundary, and still decode.
-        Control::Refused("é".repeat(200)).encode(&mut b);
-        assert!(matches!(Control::decode(&b).unwrap(), Control::Refused(s) if s.len() == 254));
+        Control::Refused {
+            code: RefusalCode::Other,
+            reason: "é".repeat(200),
+        }
+        .encode(&mut b);
+        assert!(matches!(
+            Control::decode(&b).unwrap(),
+            Control::Refused { reason, .. } if reason.len() == 254
+        ));
+    }
+
+    /// The v2 open message, byte for byte (`docs/link.md`), and what is not one.
+    #[test]
+    fn open_v2_layout_carries_the_key() {
+        let mut b = Vec::new();
+        Control::Open {
+            config: LinkConfig {
+                level: 6,
+                latency_budget_ms: 40,
+                reference_opus_kbps: 16,
+            },
+            api_key: LinkKey::new("aick_k").unwrap(),
+        }
+        .encode(&mut b);
+        let want: Vec<u8> = [
+            &b"AICL"[..],
+            &[2, 0, 1, 0], // version 2, kind 1 (Open), 0
+            &[6, 0, 0, 0], // level, reserved
+            &40u32.to_le_bytes(),
+            &16u32.to_le_bytes(),
+            &[6], // key length
+            &b"aick_k"[..],
+        ]
+        .concat();
+        assert_eq!(b, want);
+        // A version-1 open (no key) is refused as another version, not misread.
+        let mut v1 = want[..20].to_vec();
+        v1[4] = 1;
+        let e = Control::decode(&v1).unwrap_err();
+        assert!(e.to_string().contains("version 1"), "{e}");
+        // Without the key field, with a key longer than its length says, with reserved bytes set.
+        assert!(Control::decode(&want[..20]).is_err());
+        let mut long = want.clone();
+        long.push(b'x');
+        assert!(Control::decode(&long).is_err());
+        let mut reserved = want.clone();
+        reserved[10] = 1;
+        assert!(Control::decode(&reserved).is_err());
+        // An empty key is "no key".
+        Control::Open {
+            config: LinkConfig {
+                level: 6,
+                latency_budget_ms: 40,
+                reference_opus_kbps: 16,
+            },
+            api_key: LinkKey::none(),
+        }
+        .encode(&mut b);
+        assert_eq!(b.len(), 21);
+        assert_eq!(b[20], 0);
+    }
+
+    #[test]
+    fn refusal_codes_round_trip_and_unknown_ones_are_rejected() {
+        let mut b = Vec::new();
+        for c in 0..=5u8 {
+            let code = RefusalCode::from_u8(c).unwrap();
+            assert_eq!(code as u8, c);
+            Control::Refused {
+                code,
+                reason: "why".into(),
+            }
+            .encode(&mut b);
+            assert_eq!(&b[8..], &[c, 3, b'w', b'h', b'y']);
+            assert!(
+                matches!(Control::decode(&b), Ok(Control::Refused { code: d, .. }) if d == code)
+            );
+        }
+        b[8] = 6;
+        assert!(Control::decode(&b).is_err());
+        b.truncate(8);
+        assert!(Control::decode(&b).is_err(), "a refusal needs its code");
+    }
+
+    #[test]
+    fn keys_are_bounded_and_never_shown() {
+        let secret = format!("aick_{}_{}", "a".repeat(16), "b".repeat(64));
+        let k = LinkKey::new(&secret).unwrap();
+        assert_eq!(k.as_str(), secret);
+        let shown = format!(
+            "{:?}",
+            Control::Open {
+                config: LinkConfig {
+                    level: 1,
+                    latency_budget_ms: 0,
+                    reference_opus_kbps: 0
+                },
+                api_key: k
+            }
+        );
+        assert!(!shown.contains("bbbb"), "{shown}");
+        assert!(LinkKey::new(&"x".repeat(255)).is_ok());
+        assert!(LinkKey::new(&"x".repeat(256)).is_err());
+        let c = LinkClient {
+            path: PathBuf::new(),
+            model_id: String::new(),
+            api_key: LinkKey::none(),
+        };
+        assert!(c.with_api_key(&"x".repeat(256)).is_err());
+    }
+
+    /// The socket file is 0660 whatever the umask; the server sees who connected; a refusal
+    /// sent before the request was read still reaches the client as `Refused`.
+    #[test]
+    fn socket_mode_peer_credentials_and_early_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.sock");
+        // (The umask is process-wide, so it is not changed here; the usual 022 would give 0755.)
+        let l = LinkListener::bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        assert_eq!(meta.permissions().mode() & 0o777, SOCKET_MODE);
+        let me = meta.uid(); // the file's owner: this process
+        let srv = std::thread::spawn(move || {
+            for _ in 0..6 {
+                let c = l.accept().unwrap();
+                let p = c.peer().unwrap();
+                assert_eq!(p.uid, me);
+                assert_eq!(p.pid, std::process::id() as i32);
+                c.refuse(RefusalCode::Forbidden, "not you").unwrap();
+            }
+        });
+        for _ in 0..3 {
+            let r = LinkClient::connect(&path);
+            assert!(
+                matches!(&r, Err(LinkError::Refused { code: RefusalCode::Forbidden, reason }) if reason == "not you"),
+                "{r:?}"
+            );
+            let mut c = LinkClient {
+                path: path.clone(),
+                model_id: String::new(),
+                api_key: LinkKey::none(),
+            };
+            let r = c.open(LinkConfig {
+                level: 1,
+                latency_budget_ms: 0,
+                reference_opus_kbps: 0,
+            });
+            assert!(
+                matches!(
+                    &r,
+                    Err(LinkError::Refused {
+                        code: RefusalCode::Forbidden,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        }
+        srv.join().unwrap();
     }
 
     #[test]
@@ -1034,9 +1417,14 @@ mod tests {
             assert_eq!(c.request(Duration::from_secs(5)).unwrap(), Request::Hello);
             c.reply_hello("echo").unwrap();
             let mut c = l.accept().unwrap();
-            let Request::Open(cfg) = c.request(Duration::from_secs(5)).unwrap() else {
+            let Request::Open {
+                config: cfg,
+                api_key,
+            } = c.request(Duration::from_secs(5)).unwrap()
+            else {
                 panic!("open expected");
             };
+            assert_eq!(api_key.as_str(), "aick_test");
             let (mut rx, mut tx) = c.accept_open("echo-model").unwrap();
             let mut pcm = Vec::new();
             let mut out = FrameOut::default();
@@ -1059,13 +1447,16 @@ mod tests {
             let mut c = l.accept().unwrap();
             assert!(matches!(
                 c.request(Duration::from_secs(5)).unwrap(),
-                Request::Open(_)
+                Request::Open { .. }
             ));
             let (rx, tx) = c.accept_open("echo-model").unwrap();
             std::thread::sleep(Duration::from_millis(50));
             drop((rx, tx));
         });
-        let mut client = LinkClient::connect(&path).unwrap();
+        let mut client = LinkClient::connect(&path)
+            .unwrap()
+            .with_api_key("aick_test")
+            .unwrap();
         assert_eq!(client.model_id(), "echo");
         let cfg = LinkConfig {
             level: 3,

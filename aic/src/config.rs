@@ -71,6 +71,38 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "AIC_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// TLS certificate chain (PEM) for the gRPC port; with `--tls-key`, the port speaks TLS only.
+    #[arg(long, env = "AIC_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) matching `--tls-cert`.
+    #[arg(long, env = "AIC_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM): clients must present a certificate it signed (mutual TLS).
+    #[arg(long, env = "AIC_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback address (refused without it: API keys would
+    /// cross the network in clear text).
+    #[arg(long, env = "AIC_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure: Option<bool>,
+    /// Seconds a new stream may take to send its `open` message before DEADLINE_EXCEEDED
+    /// [default: 10].
+    #[arg(long, env = "AIC_FIRST_MESSAGE_TIMEOUT_SECS")]
+    pub first_message_timeout_secs: Option<u64>,
+    /// Seconds a stream may go without a message before it is ended with DEADLINE_EXCEEDED and
+    /// its pipeline slot freed [default: 30].
+    #[arg(long, env = "AIC_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Concurrent gRPC streams one HTTP/2 connection may open [default: 64].
+    #[arg(long, env = "AIC_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Largest share of the pipeline's slots one tenant's sessions may hold together, in
+    /// (0, 1]; 1 lets one tenant take every slot [default: 0.5]. Not applied with auth off.
+    #[arg(long, env = "AIC_TENANT_SLOT_SHARE")]
+    pub tenant_slot_share: Option<f64>,
+    /// Failed authentications one client address may make per minute before its calls are
+    /// refused (RESOURCE_EXHAUSTED) until the minute is over [default: 20].
+    #[arg(long, env = "AIC_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<u32>,
     /// Print the resolved settings (TOML, secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -97,6 +129,15 @@ pub struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     log_format: Option<String>,
     log_level: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    insecure: Option<bool>,
+    first_message_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_streams_per_connection: Option<u32>,
+    tenant_slot_share: Option<f64>,
+    auth_failures_per_minute: Option<u32>,
 }
 
 /// Resolved settings.
@@ -123,6 +164,18 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     pub log_format: String,
     pub log_level: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    pub insecure: bool,
+    pub first_message_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub max_streams_per_connection: u32,
+    pub tenant_slot_share: f64,
+    pub auth_failures_per_minute: u32,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/aic`, else `~/.local/share/aic`, else `./aic-data`.
@@ -200,6 +253,24 @@ pub fn resolve(
             .clone()
             .or(f.log_level)
             .unwrap_or_else(|| "info".into()),
+        tls_cert: a.tls_cert.clone().or(f.tls_cert),
+        tls_key: a.tls_key.clone().or(f.tls_key),
+        tls_client_ca: a.tls_client_ca.clone().or(f.tls_client_ca),
+        insecure: a.insecure.or(f.insecure).unwrap_or(false),
+        first_message_timeout_secs: a
+            .first_message_timeout_secs
+            .or(f.first_message_timeout_secs)
+            .unwrap_or(10),
+        idle_timeout_secs: a.idle_timeout_secs.or(f.idle_timeout_secs).unwrap_or(30),
+        max_streams_per_connection: a
+            .max_streams_per_connection
+            .or(f.max_streams_per_connection)
+            .unwrap_or(64),
+        tenant_slot_share: a.tenant_slot_share.or(f.tenant_slot_share).unwrap_or(0.5),
+        auth_failures_per_minute: a
+            .auth_failures_per_minute
+            .or(f.auth_failures_per_minute)
+            .unwrap_or(20),
     };
     if !(1..=1024).contains(&s.max_streams) {
         bail!("max_streams {} not in 1..=1024", s.max_streams);
@@ -248,6 +319,44 @@ pub fn resolve(
         bail!(
             "log_level {:?} is not error/warn/info/debug/trace",
             s.log_level
+        );
+    }
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), Some(_)) | (None, None) => {}
+        _ => bail!("tls_cert and tls_key go together"),
+    }
+    if s.tls_client_ca.is_some() && s.tls_cert.is_none() {
+        bail!("tls_client_ca needs tls_cert and tls_key");
+    }
+    if s.tls_cert.is_none() && !s.listen.ip().is_loopback() && !s.insecure {
+        bail!(
+            "plaintext gRPC on {} would send API keys in clear text: give --tls-cert and \
+             --tls-key, or --insecure to accept that",
+            s.listen
+        );
+    }
+    if !(1..=600).contains(&s.first_message_timeout_secs) {
+        bail!(
+            "first_message_timeout_secs {} not in 1..=600",
+            s.first_message_timeout_secs
+        );
+    }
+    if !(1..=3600).contains(&s.idle_timeout_secs) {
+        bail!("idle_timeout_secs {} not in 1..=3600", s.idle_timeout_secs);
+    }
+    if !(1..=1024).contains(&s.max_streams_per_connection) {
+        bail!(
+            "max_streams_per_connection {} not in 1..=1024",
+            s.max_streams_per_connection
+        );
+    }
+    if !(s.tenant_slot_share > 0.0 && s.tenant_slot_share <= 1.0) {
+        bail!("tenant_slot_share {} not in (0, 1]", s.tenant_slot_share);
+    }
+    if !(1..=10_000).contains(&s.auth_failures_per_minute) {
+        bail!(
+            "auth_failures_per_minute {} not in 1..=10000",
+            s.auth_failures_per_minute
         );
     }
     if let Some(t) = &s.admin_token {

@@ -321,6 +321,21 @@ fn run(cli: Cli) -> Result<()> {
                     key_cache_ttl: std::time::Duration::from_secs(s.key_cache_ttl_secs),
                     meter_flush: std::time::Duration::from_secs(s.meter_flush_secs),
                     shutdown_grace: std::time::Duration::from_secs(s.shutdown_grace_secs),
+                    tls: match (s.tls_cert, s.tls_key) {
+                        (Some(cert), Some(key)) => Some(serve::TlsFiles {
+                            cert,
+                            key,
+                            client_ca: s.tls_client_ca,
+                        }),
+                        _ => None,
+                    },
+                    first_message_timeout: std::time::Duration::from_secs(
+                        s.first_message_timeout_secs,
+                    ),
+                    idle_timeout: std::time::Duration::from_secs(s.idle_timeout_secs),
+                    max_streams_per_connection: s.max_streams_per_connection,
+                    tenant_slot_share: s.tenant_slot_share,
+                    auth_failures_per_minute: s.auth_failures_per_minute,
                 },
             )?;
         }

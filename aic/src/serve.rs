@@ -47,6 +47,13 @@ const RESPONSE_QUEUE: usize = 64;
 /// at this many (HTTP/2 flow control then slows the client), so a client sending faster than
 /// real time is paced instead of overflowing the pipeline's bounded per-stream queue (4).
 const IN_FLIGHT: usize = 3;
+/// How long a session waits for a frame inside the pipeline to come back before it gives up
+/// with UNAVAILABLE (every frame comes back within its latency budget, ≤ 1 s, normally).
+const STALL: Duration = Duration::from_secs(10);
+/// RFC 6716 §3.2.1: no Opus packet is longer.
+const MAX_OPUS_PACKET: usize = 1275;
+/// Opus' own bitrate range (kbps), for every client-given Opus bitrate.
+const OPUS_KBPS: std::ops::RangeInclusive<u32> = 6..=510;
 
 pub struct Options {
     pub listen: SocketAddr,
@@ -70,6 +77,28 @@ pub struct Options {
     pub meter_flush: Duration,
     /// How long open sessions may run on after SIGTERM before they are cut.
     pub shutdown_grace: Duration,
+    /// TLS on the gRPC port (None: plaintext, which the settings allow only on loopback or
+    /// with `--insecure`).
+    pub tls: Option<TlsFiles>,
+    /// A new stream's `open` must arrive within this (DEADLINE_EXCEEDED otherwise).
+    pub first_message_timeout: Duration,
+    /// A stream silent for this long is ended (DEADLINE_EXCEEDED) and its slot freed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection.
+    pub max_streams_per_connection: u32,
+    /// Largest share of the slots one tenant's sessions may hold (auth on only).
+    pub tenant_slot_share: f64,
+    /// Failed authentications per client address and minute before it is refused.
+    pub auth_failures_per_minute: u32,
+}
+
+/// PEM files for TLS on the gRPC port.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    /// Clients must present a certificate signed by this CA (mutual TLS).
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Per-session accounting: the open-sessions gauge, and the per-method request counter with the
@@ -100,6 +129,8 @@ fn count_rpc(method: &'static str, code: &'static str) {
 
 fn code_name(s: &Status) -> &'static str {
     match s.code() {
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::Cancelled => "cancelled",
         tonic::Code::InvalidArgument => "invalid_argument",
         tonic::Code::ResourceExhausted => "resource_exhausted",
         tonic::Code::FailedPrecondition => "failed_precondition",
@@ -114,6 +145,12 @@ type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 struct Svc {
     pipeline: Arc<Pipeline>,
+    /// The pipeline's slots, all workers together: the one number startup and errors name.
+    slots: usize,
+    first_message_timeout: Duration,
+    idle_timeout: Duration,
+    /// Becomes true when the shutdown grace period is over: open sessions are cut.
+    cut: tokio::sync::watch::Receiver<bool>,
     model: Arc<AicModel>,
     /// The model's measured rate–quality table (`rate_quality.json` beside the manifest).
     table: Result<RateQualityTable, String>,
@@ -163,10 +200,80 @@ fn budget(ms: u32) -> Result<Duration, Status> {
     }
 }
 
-fn open_error(e: EngineError) -> Status {
+/// A client-given string, bounded and escaped, for an error message.
+fn ex(s: &str) -> String {
+    aic_control::excerpt(s, 32)
+}
+
+/// An Opus bitrate a client gave (kbps; 0 = `default`), checked against Opus' range.
+fn opus_kbps(field: &str, v: u32, default: u32) -> Result<u32, Status> {
+    match v {
+        0 => Ok(default),
+        v if OPUS_KBPS.contains(&v) => Ok(v),
+        v => Err(Status::invalid_argument(format!(
+            "{field} {v} not in {}..={} (0 = {default})",
+            OPUS_KBPS.start(),
+            OPUS_KBPS.end()
+        ))),
+    }
+}
+
+/// What a failed read of the request stream becomes: gRPC's conventions for size limits
+/// (RESOURCE_EXHAUSTED; tonic reports OUT_OF_RANGE) and undecodable messages
+/// (INVALID_ARGUMENT; tonic reports INTERNAL); a vanished client stays what it is.
+fn inbound_status(s: Status) -> Status {
+    match s.code() {
+        tonic::Code::OutOfRange => Status::resource_exhausted(format!(
+            "request message too large: {}",
+            aic_control::excerpt(s.message(), 200)
+        )),
+        tonic::Code::Internal => Status::invalid_argument(format!(
+            "undecodable request message: {}",
+            aic_control::excerpt(s.message(), 200)
+        )),
+        _ => s,
+    }
+}
+
+/// The next message of a session's request stream, or why there is none.
+enum Next<T> {
+    Msg(T),
+    /// The client closed its side.
+    End,
+    /// The session ends with this status (it is sent to the client when it can still hear it).
+    Fail(Status),
+}
+
+async fn next_message<T>(
+    inbound: &mut Streaming<T>,
+    wait: Duration,
+    what: &str,
+    cut: &mut tokio::sync::watch::Receiver<bool>,
+) -> Next<T> {
+    tokio::select! {
+        biased;
+        _ = cut.wait_for(|c| *c) => Next::Fail(Status::unavailable(
+            "the server is shutting down: the session was cut at the end of the grace period",
+        )),
+        r = tokio::time::timeout(wait, inbound.message()) => match r {
+            Err(_) => Next::Fail(Status::deadline_exceeded(format!(
+                "no {what} within {} s; session ended", wait.as_secs()
+            ))),
+            Ok(Ok(Some(m))) => Next::Msg(m),
+            Ok(Ok(None)) => Next::End,
+            Ok(Err(e)) => Next::Fail(inbound_status(e)),
+        },
+    }
+}
+
+fn open_error(e: EngineError, slots: usize) -> Status {
     match e {
-        EngineError::Full(n) => {
-            Status::resource_exhausted(format!("all {n} pipeline slots are in use; retry later"))
+        EngineError::Full(_) => {
+            metrics::counter!("aic_slots_exhausted_total").increment(1);
+            tracing::warn!(slots, "all pipeline slots in use; session refused");
+            Status::resource_exhausted(format!(
+                "all {slots} pipeline slots are in use; retry later"
+            ))
         }
         EngineError::Level { .. } => Status::invalid_argument(e.to_string()),
         other => Status::unavailable(other.to_string()),
@@ -235,7 +342,8 @@ impl CodecService for Svc {
         &self,
         req: Request<EncodeClipRequest>,
     ) -> Result<Response<EncodeClipResponse>, Status> {
-        let r = match self.gate.authenticate(req.metadata()).await {
+        let peer = req.remote_addr().map(|a| a.ip());
+        let r = match self.gate.authenticate_from(req.metadata(), peer).await {
             Ok(grant) => self.encode_clip(&grant, req.into_inner()).await,
             Err(e) => Err(e),
         };
@@ -247,7 +355,8 @@ impl CodecService for Svc {
         &self,
         req: Request<DecodeClipRequest>,
     ) -> Result<Response<DecodeClipResponse>, Status> {
-        let r = match self.gate.authenticate(req.metadata()).await {
+        let peer = req.remote_addr().map(|a| a.ip());
+        let r = match self.gate.authenticate_from(req.metadata(), peer).await {
             Ok(grant) => self.decode_clip(&grant, req.into_inner()).await,
             Err(e) => Err(e),
         };
@@ -256,7 +365,8 @@ impl CodecService for Svc {
     }
 
     async fn hints(&self, req: Request<HintsRequest>) -> Result<Response<HintsResponse>, Status> {
-        let r = match self.gate.authenticate(req.metadata()).await {
+        let peer = req.remote_addr().map(|a| a.ip());
+        let r = match self.gate.authenticate_from(req.metadata(), peer).await {
             Ok(grant) => self.hints_inner(&grant, req.into_inner()),
             Err(e) => Err(e),
         };
@@ -270,7 +380,7 @@ impl CodecService for Svc {
     ) -> Result<Response<ListModelsResponse>, Status> {
         let grant = self
             .gate
-            .authenticate(req.metadata())
+            .authenticate_from(req.metadata(), req.remote_addr().map(|a| a.ip()))
             .await
             .inspect_err(|e| count_rpc("ListModels", code_name(e)))?;
         self.gate
@@ -306,19 +416,23 @@ const MAX_CLIP_SECONDS: usize = 60;
 /// session (at most `IN_FLIGHT` frames inside), on a blocking thread; outputs in input order.
 fn run_clip<T: Send + 'static>(
     pipeline: Arc<Pipeline>,
+    slots: usize,
     cfg: StreamConfig,
     items: Vec<T>,
     push: impl Fn(&StreamSender, T) -> Result<(), aic_pipeline::driver::Closed> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Vec<Output>, Status>> {
     tokio::task::spawn_blocking(move || {
-        let (sender, outputs) = pipeline.open(cfg).map_err(open_error)?.split();
+        let (sender, outputs) = pipeline
+            .open(cfg)
+            .map_err(|e| open_error(e, slots))?
+            .split();
         let n = items.len();
         let mut got = Vec::with_capacity(n);
         for (sent, item) in items.into_iter().enumerate() {
             if sent - got.len() >= IN_FLIGHT {
                 got.push(
                     outputs
-                        .recv_timeout(Duration::from_secs(10))
+                        .recv_timeout(STALL)
                         .map_err(|_| Status::unavailable("pipeline stalled"))?,
                 );
             }
@@ -328,7 +442,7 @@ fn run_clip<T: Send + 'static>(
         while got.len() < n {
             got.push(
                 outputs
-                    .recv_timeout(Duration::from_secs(10))
+                    .recv_timeout(STALL)
                     .map_err(|_| Status::unavailable("pipeline stalled"))?,
             );
         }
@@ -344,11 +458,12 @@ impl Svc {
     fn check_encode_open(&self, open: &aic_proto::v1::EncodeOpen, cap: u32) -> Result<u32, Status> {
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
-                "codec {:?} not served (\"aic\")",
-                open.codec
+                "codec {} not served (\"aic\")",
+                ex(&open.codec)
             )));
         }
         check_rate(open.sample_rate)?;
+        opus_kbps("reference_opus_kbps", open.reference_opus_kbps, 32)?;
         let m = &self.model.manifest;
         let k = m.num_codebooks as u32;
         let level = if open.level == 0 {
@@ -421,10 +536,16 @@ impl Svc {
         metrics::counter!("aic_bytes_in_total", "method" => "Encode")
             .increment(r.pcm_s16le.len() as u64);
         ticket.meter.counters.bytes_in(r.pcm_s16le.len() as u64);
-        let outs = run_clip(self.pipeline.clone(), cfg, frames, |s, f| s.push_pcm(f))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        let ref_bytes = reference_frame_bytes(open.reference_opus_kbps);
+        let outs = run_clip(self.pipeline.clone(), self.slots, cfg, frames, |s, f| {
+            s.push_pcm(f)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let ref_bytes = reference_frame_bytes(opus_kbps(
+            "reference_opus_kbps",
+            open.reference_opus_kbps,
+            32,
+        )?);
         for o in &outs {
             let n = match &o.payload {
                 Payload::Aic(b) | Payload::OpusFallback(b) => b.len(),
@@ -452,14 +573,15 @@ impl Svc {
             .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
-                "codec {:?} not served (\"aic\")",
-                open.codec
+                "codec {} not served (\"aic\")",
+                ex(&open.codec)
             )));
         }
         if !open.model_id.is_empty() && open.model_id != self.model.manifest.model_id {
             return Err(Status::failed_precondition(format!(
-                "clip was encoded with model {:?}; this server has {:?}",
-                open.model_id, self.model.manifest.model_id
+                "clip was encoded with model {}; this server has {:?}",
+                ex(&open.model_id),
+                self.model.manifest.model_id
             )));
         }
         check_rate(open.sample_rate)?;
@@ -483,7 +605,7 @@ impl Svc {
             .meter
             .counters
             .bytes_in(r.frames.iter().map(|f| f.len() as u64).sum());
-        let outs = run_clip(self.pipeline.clone(), cfg, r.frames, |s, f| {
+        let outs = run_clip(self.pipeline.clone(), self.slots, cfg, r.frames, |s, f| {
             s.push_aic((!f.is_empty()).then_some(f))
         })
         .await
@@ -546,6 +668,18 @@ impl Svc {
             Mode::Aggressive => aic_control::policy::Mode::Aggressive,
         };
         drop(self.gate.admit(grant, Want::Hints { mode: pmode })?);
+        for (name, v, max) in [
+            ("bandwidth_kbps", r.bandwidth_kbps, 1e6),
+            ("loss", r.loss, 1.0),
+            ("rtt_ms", r.rtt_ms, 60_000.0),
+            ("jitter_ms", r.jitter_ms, 60_000.0),
+        ] {
+            if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                return Err(Status::invalid_argument(format!(
+                    "{name} {v} not in 0..={max}"
+                )));
+            }
+        }
         let net = NetState {
             bandwidth_kbps: r.bandwidth_kbps,
             loss: r.loss,
@@ -593,11 +727,23 @@ impl Svc {
         &self,
         req: Request<Streaming<EncodeRequest>>,
     ) -> Result<Response<RespStream<EncodeResponse>>, Status> {
-        let grant = self.gate.authenticate(req.metadata()).await?;
+        let grant = self
+            .gate
+            .authenticate_from(req.metadata(), req.remote_addr().map(|a| a.ip()))
+            .await?;
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("empty stream: the first message must be `open`")
-        })?;
+        let mut cut = self.cut.clone();
+        let first = match next_message(&mut inbound, self.first_message_timeout, "`open`", &mut cut)
+            .await
+        {
+            Next::Msg(m) => m,
+            Next::End => {
+                return Err(Status::invalid_argument(
+                    "empty stream: the first message must be `open`",
+                ));
+            }
+            Next::Fail(s) => return Err(s),
+        };
         let Some(encode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
@@ -606,9 +752,17 @@ impl Svc {
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(&grant, Want::Encode { level })?;
         let counters = ticket.meter.counters.clone();
-        let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let (sender, outputs) = self
+            .pipeline
+            .open(cfg)
+            .map_err(|e| open_error(e, self.slots))?
+            .split();
         let guard = SessionGuard::new("EncodeStream");
-        let ref_bytes = reference_frame_bytes(open.reference_opus_kbps);
+        let ref_bytes = reference_frame_bytes(opus_kbps(
+            "reference_opus_kbps",
+            open.reference_opus_kbps,
+            32,
+        )?);
         let frame_in = (open.sample_rate / 50) as usize;
         let mut resampler = if open.sample_rate == 16_000 {
             None
@@ -636,15 +790,21 @@ impl Svc {
             meter_encoded(&ticket, n, ref_bytes);
             encode_response_of(o)
         });
+        let idle = self.idle_timeout;
         tokio::spawn(async move {
             let sender: StreamSender = sender;
             let mut guard = guard;
             let mut mid = Vec::with_capacity(320);
             let mut opus_in: Option<aic_codec::opus::OpusDecoder> = None;
             loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => break, // end of input or the client vanished
+                let msg = match next_message(&mut inbound, idle, "message", &mut cut).await {
+                    Next::Msg(m) => m,
+                    Next::End => break,
+                    Next::Fail(st) => {
+                        guard.code = code_name(&st);
+                        let _ = tx.send(Err(st)).await;
+                        break;
+                    }
                 };
                 let pcm = match msg.msg {
                     Some(encode_request::Msg::PcmS16le(bytes)) => {
@@ -674,6 +834,16 @@ impl Svc {
                         }
                     }
                     Some(encode_request::Msg::Opus(packet)) => {
+                        if packet.len() > MAX_OPUS_PACKET {
+                            guard.code = "invalid_argument";
+                            let why = format!(
+                                "Opus packet of {} bytes; none is longer than {MAX_OPUS_PACKET} \
+                                 (RFC 6716)",
+                                packet.len()
+                            );
+                            let _ = tx.send(Err(Status::invalid_argument(why))).await;
+                            break;
+                        }
                         metrics::counter!("aic_bytes_in_total", "method" => "EncodeStream")
                             .increment(packet.len() as u64);
                         counters.bytes_in(packet.len() as u64);
@@ -693,6 +863,11 @@ impl Svc {
                             },
                         };
                         let mut out = Vec::with_capacity(320);
+                        // An empty packet is a loss (libopus conceals it), and is counted as
+                        // one, like a packet that does not decode to one 20 ms frame.
+                        if packet.is_empty() {
+                            metrics::counter!("aic_opus_in_concealed_total").increment(1);
+                        }
                         if dec.decode_frame(Some(&packet), &mut out).is_err() {
                             metrics::counter!("aic_opus_in_concealed_total").increment(1);
                             out.clear();
@@ -712,9 +887,16 @@ impl Svc {
                         break;
                     }
                 };
-                match reader_credits.acquire().await {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
+                // Wait for room in the pipeline (flow control), bounded: every frame inside
+                // comes back (model output or fallback) within its budget.
+                match tokio::time::timeout(STALL, reader_credits.acquire()).await {
+                    Ok(Ok(p)) => p.forget(),
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        guard.code = "unavailable";
+                        let _ = tx.send(Err(Status::unavailable("pipeline stalled"))).await;
+                        break;
+                    }
                 }
                 if sender.push_pcm(pcm).is_err() {
                     let _ = tx
@@ -735,25 +917,38 @@ impl Svc {
         &self,
         req: Request<Streaming<DecodeRequest>>,
     ) -> Result<Response<RespStream<DecodeResponse>>, Status> {
-        let grant = self.gate.authenticate(req.metadata()).await?;
+        let grant = self
+            .gate
+            .authenticate_from(req.metadata(), req.remote_addr().map(|a| a.ip()))
+            .await?;
         let mut inbound = req.into_inner();
-        let first = inbound.message().await?.ok_or_else(|| {
-            Status::invalid_argument("empty stream: the first message must be `open`")
-        })?;
+        let mut cut = self.cut.clone();
+        let first = match next_message(&mut inbound, self.first_message_timeout, "`open`", &mut cut)
+            .await
+        {
+            Next::Msg(m) => m,
+            Next::End => {
+                return Err(Status::invalid_argument(
+                    "empty stream: the first message must be `open`",
+                ));
+            }
+            Next::Fail(s) => return Err(s),
+        };
         let Some(decode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
-                "codec {:?} not served (\"aic\")",
-                open.codec
+                "codec {} not served (\"aic\")",
+                ex(&open.codec)
             )));
         }
         let m = &self.model.manifest;
         if !open.model_id.is_empty() && open.model_id != m.model_id {
             return Err(Status::failed_precondition(format!(
-                "stream was encoded with model {:?}; this server has {:?}",
-                open.model_id, m.model_id
+                "stream was encoded with model {}; this server has {:?}",
+                ex(&open.model_id),
+                m.model_id
             )));
         }
         check_rate(open.sample_rate)?;
@@ -761,7 +956,11 @@ impl Svc {
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(&grant, Want::Decode)?;
         let counters = ticket.meter.counters.clone();
-        let (sender, outputs) = self.pipeline.open(cfg).map_err(open_error)?.split();
+        let (sender, outputs) = self
+            .pipeline
+            .open(cfg)
+            .map_err(|e| open_error(e, self.slots))?
+            .split();
         let guard = SessionGuard::new("DecodeStream");
         let mut resampler = if open.sample_rate == 16_000 {
             None
@@ -778,11 +977,7 @@ impl Svc {
         let mut opus_out = match aic_proto::v1::DecodeOutput::try_from(open.output) {
             Ok(aic_proto::v1::DecodeOutput::PcmS16le) => None,
             Ok(aic_proto::v1::DecodeOutput::Opus) => {
-                let kbps = if open.opus_bitrate_kbps == 0 {
-                    24
-                } else {
-                    open.opus_bitrate_kbps
-                };
+                let kbps = opus_kbps("opus_bitrate_kbps", open.opus_bitrate_kbps, 24)?;
                 Some(
                     aic_codec::opus::OpusEncoder::new(
                         aic_codec::opus::OpusVariant::Plain,
@@ -850,13 +1045,19 @@ impl Svc {
             })
         });
         let max = aic_codec::bitstream::frame::MAX_FRAME_BYTES;
+        let idle = self.idle_timeout;
         tokio::spawn(async move {
             let sender: StreamSender = sender;
             let mut guard = guard;
             loop {
-                let msg = match inbound.message().await {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => break,
+                let msg = match next_message(&mut inbound, idle, "message", &mut cut).await {
+                    Next::Msg(m) => m,
+                    Next::End => break,
+                    Next::Fail(st) => {
+                        guard.code = code_name(&st);
+                        let _ = tx.send(Err(st)).await;
+                        break;
+                    }
                 };
                 let frame = match msg.msg {
                     Some(decode_request::Msg::Aic(b)) => b,
@@ -885,9 +1086,16 @@ impl Svc {
                 counters.bytes_in(frame.len() as u64);
                 // A corrupt frame is not a protocol error: the pipeline conceals it.
                 let frame = (!frame.is_empty()).then_some(frame);
-                match reader_credits.acquire().await {
-                    Ok(p) => p.forget(),
-                    Err(_) => break,
+                // Wait for room in the pipeline (flow control), bounded: every frame inside
+                // comes back (model output or fallback) within its budget.
+                match tokio::time::timeout(STALL, reader_credits.acquire()).await {
+                    Ok(Ok(p)) => p.forget(),
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        guard.code = "unavailable";
+                        let _ = tx.send(Err(Status::unavailable("pipeline stalled"))).await;
+                        break;
+                    }
                 }
                 if sender.push_aic(frame).is_err() {
                     let _ = tx
@@ -903,14 +1111,10 @@ impl Svc {
     }
 }
 
-/// What Opus at the stream's reference bitrate (kbps; 0 = 32, a typical WebRTC speech rate)
-/// would send per 20 ms frame: the baseline of "bytes saved".
-fn reference_frame_bytes(reference_opus_kbps: u32) -> f64 {
-    let kbps = if reference_opus_kbps == 0 {
-        32
-    } else {
-        reference_opus_kbps
-    };
+/// What Opus at the stream's reference bitrate (kbps, already checked by [`opus_kbps`]; 32 by
+/// default, a typical WebRTC speech rate) would send per 20 ms frame: the baseline of "bytes
+/// saved".
+fn reference_frame_bytes(kbps: u32) -> f64 {
     f64::from(kbps) * 1000.0 / 8.0 * 0.02
 }
 
@@ -949,8 +1153,12 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         .collect::<Result<_, _>>()
         .context("loading the AIC model")?;
     let model = models[0].clone();
+    // One blocking thread per open session forwards its outputs (plus a few for unary clips
+    // and the store): bounded by the slot count, so a flood of sessions cannot make threads
+    // without limit (the slots refuse them first).
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(opts.max_streams + 32)
         .enable_all()
         .build()?;
     rt.block_on(async move {
@@ -963,10 +1171,21 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
             Some(t) => (t.clone(), false),
             None => aic_control::service::admin_token_in(&opts.data_dir)?,
         };
-        let gate = Arc::new(Gate::new(store.clone(), opts.auth, opts.key_cache_ttl));
+        // One number for the slot count: `max_streams` split evenly over the workers (each
+        // worker's engine has its own slots), never more in total than asked for.
+        let workers = models.len().min(opts.max_streams).max(1);
+        let models: Vec<_> = models.into_iter().take(workers).collect();
+        let per_worker = opts.max_streams / workers;
+        let slots = per_worker * workers;
+        let tenant_cap = ((slots as f64 * opts.tenant_slot_share).ceil() as u32).max(1);
+        let gate = Arc::new(
+            Gate::new(store.clone(), opts.auth, opts.key_cache_ttl)
+                .with_tenant_cap(tenant_cap)
+                .with_failure_limit(opts.auth_failures_per_minute),
+        );
         let flusher = tokio::spawn(gate.clone().run_flusher(opts.meter_flush));
-        let control = aic_control::service::Control::new(store.clone(), &admin_token);
-        let per_worker = opts.max_streams.div_ceil(models.len());
+        let control = aic_control::service::Control::new(store.clone(), &admin_token)
+            .with_max_level(model.manifest.num_codebooks as u32);
         let pipeline = Arc::new(Pipeline::start_workers(
             models,
             EngineConfig {
@@ -1001,19 +1220,28 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         health_reporter
             .set_serving::<ControlServiceServer<aic_control::service::Control>>()
             .await;
+        // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection and older
+        // tools only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(aic_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aic_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service (v1alpha)")?;
         let listener = tokio::net::TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("cannot listen on {}", opts.listen))?;
         let addr = listener.local_addr()?;
         // The first line on stderr names the address (tests and scripts read it; port 0 works).
         eprintln!(
-            "aic serve: listening on {addr} (model {} {}, {} slots)",
-            model.manifest.model_id, model.manifest.model_version, opts.max_streams
+            "aic serve: listening on {addr} (model {} {}, {slots} slots, {}; tenant share {tenant_cap})",
+            model.manifest.model_id,
+            model.manifest.model_version,
+            if opts.tls.is_some() { "TLS" } else { "plaintext" }
         );
         let table_path = model_dir.join("rate_quality.json");
         let table = std::fs::read_to_string(&table_path)
@@ -1048,17 +1276,34 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
             auth = ?opts.auth,
             "serving CodecService and ControlService"
         );
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
         let svc = Svc {
             pipeline: pipeline.clone(),
+            slots,
+            first_message_timeout: opts.first_message_timeout,
+            idle_timeout: opts.idle_timeout,
+            cut: cut_rx,
             model,
             table,
             gate: gate.clone(),
         };
         let signalled = Arc::new(tokio::sync::Notify::new());
         let on_signal = signalled.clone();
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
+            // Dead peers are found (and their sessions freed) even when they send nothing.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .max_concurrent_streams(Some(opts.max_streams_per_connection));
+        if let Some(tls) = &opts.tls {
+            builder = builder
+                .tls_config(tls_config(tls)?)
+                .context("TLS configuration")?;
+        }
+        let server = builder
             .add_service(health)
             .add_service(reflection)
+            .add_service(reflection_alpha)
             .add_service(CodecServiceServer::new(svc).max_decoding_message_size(8 << 20))
             .add_service(ControlServiceServer::new(control))
             .serve_with_incoming_shutdown(
@@ -1077,6 +1322,8 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
                 tracing::warn!(grace_s = grace.as_secs(), "grace period over; cutting open sessions");
             }
         }
+        // Sessions still open stop reading now and end with UNAVAILABLE.
+        let _ = cut_tx.send(true);
         flusher.abort();
         drop(bridge); // stops accepting and removes the socket file
         let p = pipeline.clone();
@@ -1085,7 +1332,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         tokio::task::spawn_blocking(move || drop(p)).await.ok();
         // Sessions end as their forwarders finish; wait briefly, then flush everything metered
         // (live sessions' progress included), so nothing is lost.
-        for _ in 0..50 {
+        for _ in 0..20 {
             if gate.meter.live_sessions() == 0 {
                 break;
             }
@@ -1099,6 +1346,18 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Reads the PEM files of `--tls-cert`/`--tls-key` (and `--tls-client-ca` for mutual TLS).
+fn tls_config(t: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let mut c = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&t.cert)?, read(&t.key)?),
+    );
+    if let Some(ca) = &t.client_ca {
+        c = c.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(c)
 }
 
 /// A store URL without its password, for logs.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
+use crate::limit::{FailureLimiter, Verdict};
 use crate::meter::{Account, Meter, SessionMeter};
 use crate::policy::{Denial, KeyCache, KeyGrant, Policy, Want, decide};
 use crate::store::Store;
@@ -32,8 +33,27 @@ pub struct Gate {
     store: Store,
     auth: Auth,
     cache: Mutex<KeyCache>,
-    open: Arc<Mutex<HashMap<String, u32>>>,
+    open: Arc<Mutex<OpenCounts>>,
+    /// Most sessions one tenant may hold at once (0 = no tenant limit).
+    tenant_cap: u32,
+    failures: Mutex<FailureLimiter>,
     pub meter: Meter,
+}
+
+/// Open sessions per key and per tenant.
+#[derive(Debug, Default)]
+struct OpenCounts {
+    by_key: HashMap<String, u32>,
+    by_tenant: HashMap<String, u32>,
+}
+
+fn decrement(m: &mut HashMap<String, u32>, k: &str) {
+    if let Some(n) = m.get_mut(k) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            m.remove(k);
+        }
+    }
 }
 
 /// An admitted session: who it is, what it may do, its metering. Dropping it ends the session
@@ -44,18 +64,14 @@ pub struct Ticket {
     pub tenant_id: String,
     pub policy: Policy,
     pub meter: SessionMeter,
-    open: Arc<Mutex<HashMap<String, u32>>>,
+    open: Arc<Mutex<OpenCounts>>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = g.get_mut(&self.key_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                g.remove(&self.key_id);
-            }
-        }
+        decrement(&mut g.by_key, &self.key_id);
+        decrement(&mut g.by_tenant, &self.tenant_id);
     }
 }
 
@@ -73,8 +89,34 @@ impl Gate {
             auth,
             cache: Mutex::new(KeyCache::new(key_ttl, 10_000)),
             open: Arc::default(),
+            tenant_cap: 0,
+            failures: Mutex::new(FailureLimiter::new(20, Duration::from_secs(60), 10_000)),
             meter: Meter::default(),
         }
+    }
+
+    /// Fair sharing: no tenant's sessions may hold more than `cap` sessions at once (0 = no
+    /// limit). The server sets it from its slot count and `tenant_slot_share`, so one tenant
+    /// (whatever its keys' `max_streams`) cannot take every pipeline slot. Not applied with
+    /// auth off, where there are no tenants.
+    pub fn with_tenant_cap(mut self, cap: u32) -> Self {
+        self.tenant_cap = if self.auth == Auth::Off { 0 } else { cap };
+        self
+    }
+
+    /// At most `per_minute` failed authentications per client address and minute; past that
+    /// the address is refused (RESOURCE_EXHAUSTED) until its minute is over.
+    pub fn with_failure_limit(mut self, per_minute: u32) -> Self {
+        self.failures = Mutex::new(FailureLimiter::new(
+            per_minute,
+            Duration::from_secs(60),
+            10_000,
+        ));
+        self
+    }
+
+    pub fn tenant_cap(&self) -> u32 {
+        self.tenant_cap
     }
 
     pub fn auth(&self) -> Auth {
@@ -89,6 +131,50 @@ impl Gate {
     /// store (through the cache). UNAUTHENTICATED for a missing, malformed, unknown, wrong or
     /// revoked key; UNAVAILABLE when the store cannot be asked.
     pub async fn authenticate(&self, md: &MetadataMap) -> Result<KeyGrant, Status> {
+        self.authenticate_from(md, None).await
+    }
+
+    /// [`authenticate`](Self::authenticate) for a caller at `peer`: failures are counted per
+    /// address (see [`with_failure_limit`](Self::with_failure_limit)) and logged.
+    pub async fn authenticate_from(
+        &self,
+        md: &MetadataMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<KeyGrant, Status> {
+        if let Some(ip) = peer {
+            let v = self
+                .failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .check(ip, Instant::now());
+            if let Verdict::Blocked { retry_in, first } = v {
+                metrics::counter!("aic_auth_failures_total", "reason" => "rate_limited")
+                    .increment(1);
+                if first {
+                    tracing::warn!(peer = %ip, retry_in_s = retry_in.as_secs(),
+                        "too many failed authentications from this address; refusing it");
+                }
+                return Err(Status::resource_exhausted(format!(
+                    "too many failed authentications from this address; retry in {} s",
+                    retry_in.as_secs().max(1)
+                )));
+            }
+        }
+        let r = self.check_key(md).await;
+        if let (Err(e), Some(ip)) = (&r, peer)
+            && e.code() == tonic::Code::Unauthenticated
+        {
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .failed(ip, Instant::now());
+            tracing::info!(peer = %ip, reason = %crate::excerpt(e.message(), 120),
+                "authentication failed");
+        }
+        r
+    }
+
+    async fn check_key(&self, md: &MetadataMap) -> Result<KeyGrant, Status> {
         if self.auth == Auth::Off {
             return Ok(KeyGrant {
                 key_id: ANONYMOUS.into(),
@@ -158,7 +244,7 @@ impl Gate {
     /// together under one lock so two opens cannot both take the last slot.
     pub fn admit(&self, grant: &KeyGrant, want: Want) -> Result<Ticket, Status> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.get(&grant.key_id).copied().unwrap_or(0);
+        let n = open.by_key.get(&grant.key_id).copied().unwrap_or(0);
         decide(&grant.policy, want, n).map_err(|d| match d {
             Denial::Forbidden(m) => {
                 metrics::counter!("aic_policy_denials_total", "reason" => "forbidden").increment(1);
@@ -169,7 +255,22 @@ impl Gate {
                 Status::resource_exhausted(m)
             }
         })?;
-        *open.entry(grant.key_id.clone()).or_default() += 1;
+        let holds_slot = !matches!(want, Want::Hints { .. } | Want::ListModels);
+        if holds_slot && self.tenant_cap > 0 {
+            let t = open.by_tenant.get(&grant.tenant_id).copied().unwrap_or(0);
+            if t >= self.tenant_cap {
+                metrics::counter!("aic_policy_denials_total", "reason" => "tenant_share")
+                    .increment(1);
+                tracing::warn!(tenant = %grant.tenant_id, key = %grant.key_id, open = t,
+                    "tenant at its share of the pipeline slots; session refused");
+                return Err(Status::resource_exhausted(format!(
+                    "this tenant already holds {t} sessions, its share of the server's slots; \
+                     retry when one ends"
+                )));
+            }
+        }
+        *open.by_key.entry(grant.key_id.clone()).or_default() += 1;
+        *open.by_tenant.entry(grant.tenant_id.clone()).or_default() += 1;
         drop(open);
         Ok(Ticket {
             key_id: grant.key_id.clone(),

@@ -19,6 +19,7 @@ pub struct Control {
     store: Store,
     admin_sha256: String,
     admin_fp: String,
+    max_level: u32,
 }
 
 impl Control {
@@ -28,7 +29,15 @@ impl Control {
             store,
             admin_sha256: key::sha256_hex(admin_token.as_bytes()),
             admin_fp: key::fingerprint(admin_token),
+            max_level: MAX_LEVEL,
         }
+    }
+
+    /// The highest level a policy may cap at: the served model's codebook count (by default
+    /// the bitstream's highest level, 15).
+    pub fn with_max_level(mut self, max_level: u32) -> Self {
+        self.max_level = max_level.clamp(1, MAX_LEVEL);
+        self
     }
 
     /// Checks the admin token; returns (who, peer) for the audit log.
@@ -98,10 +107,36 @@ pub fn status(e: Error) -> Status {
     }
 }
 
-pub fn policy_from_pb(p: &pb::Policy) -> Result<Policy, Status> {
+/// The AIC bitstream's highest level (a 4-bit field, `docs/bitstream.md`).
+pub const MAX_LEVEL: u32 = 15;
+/// The most concurrent sessions a key's policy may allow (0 = no per-key limit).
+pub const MAX_KEY_STREAMS: u32 = 100_000;
+
+/// A policy from the wire, every number checked against its range (`max_level` against the
+/// served model's levels).
+pub fn policy_from_pb(p: &pb::Policy, max_level: u32) -> Result<Policy, Status> {
+    if p.max_level > max_level {
+        return Err(Status::invalid_argument(format!(
+            "max_level {} not in 0..={max_level} (0 = the model's highest level)",
+            p.max_level
+        )));
+    }
+    if p.max_streams > MAX_KEY_STREAMS {
+        return Err(Status::invalid_argument(format!(
+            "max_streams {} not in 0..={MAX_KEY_STREAMS} (0 = no per-key limit)",
+            p.max_streams
+        )));
+    }
+    if p.allowed_modes.len() > 8 {
+        return Err(Status::invalid_argument(format!(
+            "{} allowed_modes given; there are 3 modes",
+            p.allowed_modes.len()
+        )));
+    }
     Ok(Policy {
         aic_enabled: p.aic_enabled,
-        allowed_modes: Policy::parse_modes(&p.allowed_modes).map_err(Status::invalid_argument)?,
+        allowed_modes: Policy::parse_modes(&p.allowed_modes)
+            .map_err(|e| Status::invalid_argument(crate::excerpt(&e, 80)))?,
         max_level: p.max_level,
         max_streams: p.max_streams,
     })
@@ -162,6 +197,7 @@ impl ControlService for Control {
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
         let (who, peer) = self.admin(&req)?;
+        crate::check_name("tenant", &req.get_ref().name).map_err(status)?;
         let t = self
             .store
             .create_tenant(&req.get_ref().name, now_ms())
@@ -207,9 +243,12 @@ impl ControlService for Control {
         let (who, peer) = self.admin(&req)?;
         let r = req.get_ref();
         let policy = match &r.policy {
-            Some(p) => policy_from_pb(p)?,
+            Some(p) => policy_from_pb(p, self.max_level)?,
             None => Policy::default(),
         };
+        if !r.name.is_empty() {
+            crate::check_name("key", &r.name).map_err(status)?;
+        }
         let (k, secret) = self
             .store
             .create_key(&r.tenant_id, &r.name, &policy, now_ms())
@@ -270,6 +309,7 @@ impl ControlService for Control {
             r.policy
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("`policy` is required"))?,
+            self.max_level,
         )?;
         let k = self.store.set_policy(&r.key_id, &p).await.map_err(status)?;
         self.audit(&who, &peer, "SetPolicy", &r.key_id, &describe(&p))

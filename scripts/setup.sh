@@ -52,6 +52,11 @@ if ! .venv/bin/python -c "import onnxruntime, sys; sys.exit(onnxruntime.__versio
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "onnxruntime==$ORT_VERSION" numpy
 fi
+# pytest runs models/tests (the committed graphs through ONNX Runtime) in the test command.
+if ! .venv/bin/python -c "import pytest" 2>/dev/null; then
+  log "installing pytest into .venv"
+  .venv/bin/python -m pip install -q pytest
+fi
 # Optional evaluator packages (PESQ-WB, ViSQOL): a failure here only disables those columns.
 if ! .venv/bin/python -c "import pesq" 2>/dev/null; then
   log "installing the optional PESQ-WB evaluator"

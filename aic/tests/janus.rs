@@ -60,6 +60,12 @@ fn in_own_namespace(test: &str, loss_pct: Option<u32>) {
         .status()
         .is_ok_and(|s| s.success());
     if !can {
+        // Under CI the real-SFU test must run: a skip there would pass a broken product.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: cannot create a network namespace (`unshare -n` failed) and CI=true: \
+             the real-SFU test must run in CI"
+        );
         eprintln!(
             "\n*** SKIPPED {test}: cannot create a network namespace here (`unshare -n` failed; \
              needs root or CAP_SYS_ADMIN). The real-SFU test did NOT run. ***\n"
@@ -75,6 +81,8 @@ fn in_own_namespace(test: &str, loss_pct: Option<u32>) {
         .status()
         .expect("run the test inside unshare -n");
     assert!(st.success(), "{test} failed inside its namespace");
+    // scripts/test.sh greps for this under CI=true (as for the PostgreSQL test).
+    eprintln!("janus: {test} ran against a real Janus");
 }
 
 /// Kills (SIGKILL) every child still running when dropped: no process outlives the test.
@@ -566,11 +574,31 @@ fn inside_namespace(loss_pct: Option<u32>) {
             (best, lag) = (c, k);
         }
     }
-    let reference = &looped[lag * 160..lag * 160 + n_cmp];
-    let stoi = aic_codec::metrics::stoi(reference, &heard[..n_cmp], 16_000).unwrap();
-    eprintln!("heard vs sent: envelope correlation {best:.3} at lag {lag}0 ms, STOI {stoi:.3}");
+    // The envelope lag is good to 10 ms; refine it to 1 ms (STOI is sensitive to a few ms).
+    let n_cmp = n_cmp.min(looped.len() - lag * 160 - 160);
+    let (mut stoi, mut fine) = (f64::MIN, 0usize);
+    for f in (0..=320usize).step_by(16) {
+        let Some(start) = (lag * 160 + f).checked_sub(160) else {
+            continue;
+        };
+        let reference = &looped[start..start + n_cmp];
+        let st = aic_codec::metrics::stoi(reference, &heard[..n_cmp], 16_000).unwrap();
+        if st > stoi {
+            (stoi, fine) = (st, start);
+        }
+    }
+    // The standard of the other round-trip tests: the model card's STOI at this level, less
+    // 0.05 (the path here adds the publisher's Opus and the Opus re-encode for the mountpoint).
+    let card = model_card_stoi("L6");
+    eprintln!(
+        "heard vs sent: envelope correlation {best:.3}, offset {fine} samples, STOI {stoi:.3} \
+         (model card L6: {card:.3})"
+    );
     assert!(best > 0.7, "envelope correlation {best}");
-    assert!(stoi > 0.5, "STOI {stoi}");
+    assert!(
+        stoi > card - 0.05,
+        "STOI {stoi:.3}, model card L6 {card:.3}"
+    );
     drop(procs);
 }
 
@@ -628,4 +656,17 @@ impl Loss {
         }
         (all.unwrap(), dropped.unwrap())
     }
+}
+
+/// The shipped model card's STOI at `point` (`rate_quality.json`).
+fn model_card_stoi(point: &str) -> f64 {
+    let p = aic_pipeline::aic::default_model_dir().join("rate_quality.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["codec"] == "aic" && r["point"] == point)
+        .and_then(|r| r["stoi"].as_f64())
+        .unwrap_or_else(|| panic!("no aic {point} row in {}", p.display()))
 }

@@ -11,7 +11,14 @@ import os
 import sys
 import time
 
-import torch
+import pytest
+
+# The test command runs models/tests from the project's .venv, which has ONNX Runtime but not
+# PyTorch (a 5 GB install for training only): these checks need the training venv
+# (models/setup_train_env.sh) and say so loudly where it is absent.
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed here (training venv only): streaming checks of "
+    "the PyTorch model SKIPPED; test_exported.py checks the committed graphs instead")
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

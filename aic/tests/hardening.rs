@@ -687,3 +687,60 @@ fn plaintext_off_loopback_needs_insecure() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_session_gives_clients_an_error_fast_and_the_store_reopens() {
+    let data = tempfile::tempdir().unwrap();
+    let keep = data.path().to_owned();
+    let mut srv = Server::start_in(data, &["--auth", "off", "--workers", "1"]);
+    let url = srv.url();
+    let (tx, rx) = mpsc::channel(4);
+    let mut c = CodecServiceClient::connect(url).await.unwrap();
+    tx.send(enc_open(6)).await.unwrap();
+    let mut resp = c
+        .encode_stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for f in speech_frames(5) {
+        tx.send(pcm(f)).await.unwrap();
+        resp.next().await.unwrap().unwrap();
+    }
+    srv.child.kill().unwrap(); // SIGKILL
+    let t0 = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), resp.next())
+        .await
+        .expect("the client must learn within seconds that the server is gone");
+    let took = t0.elapsed();
+    let end_code = match &end {
+        Some(Err(e)) => format!("{:?} {}", e.code(), e.message()),
+        _ => String::new(),
+    };
+    match end {
+        Some(Err(e)) => assert!(
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+            ),
+            "{e}"
+        ),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+    eprintln!("client saw the kill after {took:?}: {end_code}");
+    assert!(
+        took < Duration::from_secs(2),
+        "client saw the death after {took:?}"
+    );
+    // The same data dir serves again (the SQLite store survived the kill).
+    let _ = srv.child.wait();
+    let data = tempfile::TempDir::new_in(keep.parent().unwrap()).unwrap();
+    std::fs::remove_dir(data.path()).unwrap();
+    std::fs::rename(&keep, data.path()).unwrap();
+    let srv2 = Server::start_in(data, &["--auth", "off", "--workers", "1"]);
+    srv2.within(30, "restart after kill -9", async {
+        let mut c = CodecServiceClient::connect(srv2.url()).await.unwrap();
+        c.list_models(pb::ListModelsRequest {}).await.unwrap();
+    })
+    .await;
+    drop(srv);
+}

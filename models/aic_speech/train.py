@@ -158,6 +158,11 @@ def main(argv=None):
         ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
         step = int(ck["step"])
+        if gan is not None and "gan" in ck:
+            gan["disc"].load_state_dict({k: v.float() if v.is_floating_point() else v
+                                         for k, v in ck["gan"]["disc"].items()})
+            gan["start"] = int(ck["gan"]["start"])
+            say(f"discriminators restored from {args.init_from} (GAN stage since {gan['start']})")
         say(f"initialised from {args.init_from} at step {step} (fresh optimizer)")
     if gan is not None and gan["start"] is None:
         gan["start"] = step

@@ -153,3 +153,33 @@ pub fn card_stoi(codec: &str, point: &str) -> f64 {
         .and_then(|r| r["stoi"].as_f64())
         .unwrap_or_else(|| panic!("no {codec} {point} row with STOI in {}", p.display()))
 }
+
+/// `x` at `rate` (16 or 48 kHz) as 16 kHz f32: 48 kHz is averaged over 3 samples and
+/// decimated (enough for STOI, which looks below 5 kHz).
+pub fn to_16k(x: &[i16], rate: u32) -> Vec<f32> {
+    let k = (rate / 16_000).max(1) as usize;
+    x.chunks_exact(k)
+        .map(|c| c.iter().map(|&s| f32::from(s)).sum::<f32>() / (k as f32 * 32768.0))
+        .collect()
+}
+
+/// Best STOI of `decoded` against `reference` (both 16 kHz) over delays 0..=max_lag samples
+/// (step 4): codec delay plus resampler delays, which tests should not have to know exactly.
+pub fn best_lag_stoi(reference: &[f32], decoded: &[f32], max_lag: usize) -> (f64, usize) {
+    let mut best = (f64::MIN, 0);
+    for lag in (0..=max_lag).step_by(4) {
+        if lag >= decoded.len() {
+            break;
+        }
+        let d = &decoded[lag..];
+        let n = reference.len().min(d.len());
+        if n < 16_000 / 2 {
+            break;
+        }
+        let s = aic_codec::metrics::stoi(&reference[..n], &d[..n], 16_000).expect("stoi");
+        if s > best.0 {
+            best = (s, lag);
+        }
+    }
+    best
+}

@@ -7,13 +7,19 @@
 Both files: 16 kHz mono WAV, already delay-aligned by the caller (if their lengths differ, the
 longer one is truncated). Prints exactly ONE line of JSON on stdout:
 
-    {"pesq_wb": float|null, "visqol": float|null, "errors": {"<metric or stage>": "<reason>"}}
+    {"pesq_wb": float|null, "visqol": float|null, "dnsmos_ovrl": float|null,
+     "errors": {"<metric or stage>": "<reason>"}}
 
 * ``pesq_wb``: ITU-T P.862.2 wide-band PESQ MOS-LQO via the ``pesq`` package
   (``pesq(16000, ref, deg, "wb")``), range about 1.04..4.64.
 * ``visqol``: ViSQOL v3 speech-mode MOS-LQO via the pure-Python ``visqol-python`` package
   (``VisqolApi().create(mode="speech", use_lattice_model=False)``: the polynomial mapping,
   scaled to 5.0; the C++ tool's default lattice model needs the TFLite runtime), range 1..5.
+
+* ``dnsmos_ovrl``: DNSMOS P.835 overall MOS of DEG alone (non-intrusive: no reference, so it
+  does not punish a decoder that invents plausible phase, as PESQ and STOI do; it hears
+  naturalness) via the ``speechmos`` package (``dnsmos.run(x, 16000)["ovrl_mos"]``, its shipped
+  ONNX models), range about 1..5.
 
 A metric whose package is missing or that fails is ``null``, with the reason under its name in
 ``errors``; the exit status is still 0, so callers can treat the whole evaluator as optional.
@@ -66,12 +72,12 @@ def describe(e):
 
 
 def evaluate(ref_path, deg_path):
-    out = {"pesq_wb": None, "visqol": None, "errors": {}}
+    out = {"pesq_wb": None, "visqol": None, "dnsmos_ovrl": None, "errors": {}}
     errors = out["errors"]
     try:
         import numpy  # noqa: F401
     except ImportError as e:
-        errors["pesq_wb"] = errors["visqol"] = f"numpy unavailable ({describe(e)})"
+        errors["pesq_wb"] = errors["visqol"] = errors["dnsmos_ovrl"] = f"numpy unavailable ({describe(e)})"
         return out
     try:
         sr_r, ref = read_wav(ref_path)
@@ -106,6 +112,16 @@ def evaluate(ref_path, deg_path):
             out["visqol"] = finite_or_none(api.measure_from_arrays(ref, deg, SAMPLE_RATE).moslqo)
         except Exception as e:  # noqa: BLE001
             errors["visqol"] = describe(e)
+
+    try:
+        from speechmos import dnsmos
+    except Exception as e:  # noqa: BLE001
+        errors["dnsmos_ovrl"] = f"speechmos package unavailable ({describe(e)})"
+    else:
+        try:
+            out["dnsmos_ovrl"] = finite_or_none(dnsmos.run(deg.astype("float32"), SAMPLE_RATE)["ovrl_mos"])
+        except Exception as e:  # noqa: BLE001
+            errors["dnsmos_ovrl"] = describe(e)
     return out
 
 

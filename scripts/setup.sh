@@ -57,7 +57,7 @@ if ! .venv/bin/python -c "import pytest" 2>/dev/null; then
   log "installing pytest into .venv"
   .venv/bin/python -m pip install -q pytest
 fi
-# Optional evaluator packages (PESQ-WB, ViSQOL): a failure here only disables those columns.
+# Optional evaluator packages (PESQ-WB, ViSQOL, DNSMOS): a failure here only disables those columns.
 if ! .venv/bin/python -c "import pesq" 2>/dev/null; then
   log "installing the optional PESQ-WB evaluator"
   .venv/bin/python -m pip install -q pesq soundfile || log "pesq could not be installed: aic bench will say PESQ-WB is absent"
@@ -65,6 +65,11 @@ fi
 if ! .venv/bin/python -c "import visqol" 2>/dev/null; then
   log "installing the optional ViSQOL evaluator"
   .venv/bin/python -m pip install -q visqol-python || log "visqol-python could not be installed: aic bench will say ViSQOL is absent"
+fi
+
+if ! .venv/bin/python -c "import speechmos, librosa" 2>/dev/null; then
+  log "installing the optional DNSMOS evaluator (speechmos)"
+  .venv/bin/python -m pip install -q speechmos librosa || log "speechmos could not be installed: aic bench will say DNSMOS is absent"
 fi
 
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | sort | tail -n1)

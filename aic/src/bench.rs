@@ -30,6 +30,9 @@ pub struct Row {
     pub log_mel_distance: Option<f64>,
     pub pesq_wb: Option<f64>,
     pub visqol: Option<f64>,
+    /// DNSMOS P.835 overall MOS of the decoded audio alone (non-intrusive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dnsmos_ovrl: Option<f64>,
     pub encode_rtf: f64,
     pub decode_rtf: f64,
     pub algorithmic_latency_ms: f64,
@@ -278,6 +281,7 @@ pub fn run(reg: &CodecRegistry, opts: &Options) -> Result<Report> {
             log_mel_distance: mean_opt(&per.iter().map(|p| p.2).collect::<Vec<_>>()),
             pesq_wb: None,
             visqol: None,
+            dnsmos_ovrl: None,
             encode_rtf: enc_t / total_secs,
             decode_rtf: dec_t / total_secs,
             algorithmic_latency_ms: latency,
@@ -341,7 +345,7 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 
 pub fn table(rep: &Report) -> String {
     let mut s = format!(
-        "{:<10} {:>6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}\n",
+        "{:<10} {:>6} {:>7} {:>6} {:>7} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8} {:>7}\n",
         "codec",
         "point",
         "kbps",
@@ -350,13 +354,14 @@ pub fn table(rep: &Report) -> String {
         "mel",
         "PESQ",
         "ViSQOL",
+        "DNSMOS",
         "enc RTF",
         "dec RTF",
         "lat ms"
     );
     for r in &rep.rows {
         s += &format!(
-            "{:<10} {:>6} {:>7.2} {:>6} {:>7} {:>6} {:>6} {:>6} {:>8.4} {:>8.4} {:>7.1}\n",
+            "{:<10} {:>6} {:>7.2} {:>6} {:>7} {:>6} {:>6} {:>6} {:>6} {:>8.4} {:>8.4} {:>7.1}\n",
             r.codec,
             r.point,
             r.bitrate_kbps,
@@ -365,6 +370,7 @@ pub fn table(rep: &Report) -> String {
             opt(r.log_mel_distance, 3),
             opt(r.pesq_wb, 2),
             opt(r.visqol, 2),
+            opt(r.dnsmos_ovrl, 2),
             r.encode_rtf,
             r.decode_rtf,
             r.algorithmic_latency_ms
@@ -479,16 +485,18 @@ impl Evaluator {
             Ok(r) => r,
             Err(e) => {
                 notes.push(format!(
-                    "PESQ-WB/ViSQOL not computed: evaluator failed: {e:#}"
+                    "PESQ-WB/ViSQOL/DNSMOS not computed: evaluator failed: {e:#}"
                 ));
                 return;
             }
         };
         let mut reasons = std::collections::BTreeMap::new();
-        let mut per_row: Vec<[Vec<Option<f64>>; 2]> = vec![[Vec::new(), Vec::new()]; rows.len()];
+        let mut per_row: Vec<[Vec<Option<f64>>; 3]> =
+            vec![[Vec::new(), Vec::new(), Vec::new()]; rows.len()];
         for ((row, _, _, _), v) in self.pairs.iter().zip(&results) {
             per_row[*row][0].push(v.get("pesq_wb").and_then(|x| x.as_f64()));
             per_row[*row][1].push(v.get("visqol").and_then(|x| x.as_f64()));
+            per_row[*row][2].push(v.get("dnsmos_ovrl").and_then(|x| x.as_f64()));
             if let Some(errs) = v.get("errors").and_then(|e| e.as_object()) {
                 for (k, why) in errs {
                     reasons
@@ -497,9 +505,10 @@ impl Evaluator {
                 }
             }
         }
-        for (r, [p, v]) in rows.iter_mut().zip(per_row) {
+        for (r, [p, v, d]) in rows.iter_mut().zip(per_row) {
             r.pesq_wb = mean_opt(&p);
             r.visqol = mean_opt(&v);
+            r.dnsmos_ovrl = mean_opt(&d);
         }
         for (k, why) in reasons {
             notes.push(format!("{k} not computed for some clips: {why}"));

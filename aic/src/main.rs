@@ -12,6 +12,7 @@ mod janus;
 mod load;
 mod plot;
 mod serve;
+mod soak;
 mod transcode;
 
 use std::path::{Path, PathBuf};
@@ -178,6 +179,27 @@ enum BenchSub {
         budget_ms: u64,
         #[arg(long)]
         clips: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Reliability soak against a running `aic serve` (see scripts/soak.sh): real-time sessions
+    /// that end normally, vanish mid-stream or send a malformed frame, for a while; server RSS
+    /// samples and what was sent, for comparison with the metered usage.
+    Soak {
+        /// The server, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        addr: String,
+        /// API key (or AIC_API_KEY); none for a server with --auth off.
+        #[arg(long, env = "AIC_API_KEY")]
+        key: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        sessions: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 1800)]
+        duration: u64,
+        /// The server's pid, to sample its RSS.
+        #[arg(long)]
+        server_pid: Option<u32>,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -528,6 +550,41 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(p, serde_json::to_string_pretty(&rep)?)
                     .with_context(|| format!("cannot write {}", p.display()))?;
                 eprintln!("report: {}", p.display());
+            }
+        }
+        Cmd::Bench(BenchArgs {
+            sub:
+                Some(BenchSub::Soak {
+                    addr,
+                    key,
+                    sessions,
+                    duration,
+                    server_pid,
+                    json,
+                }),
+            ..
+        }) => {
+            if !(1..=1024).contains(&sessions) || !(1..=86_400).contains(&duration) {
+                bail!("--sessions must be in 1..=1024 and --duration in 1..=86400");
+            }
+            let clips = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech");
+            let speech = load::speech(&clips)?
+                .iter()
+                .map(|&x| (x.clamp(-1.0, 1.0) * 32767.0) as i16)
+                .collect();
+            let rep = soak::run(soak::Options {
+                url: addr,
+                key,
+                sessions,
+                duration: std::time::Duration::from_secs(duration),
+                server_pid,
+                speech,
+            })?;
+            let text = serde_json::to_string_pretty(&rep)?;
+            println!("{text}");
+            if let Some(p) = &json {
+                std::fs::write(p, &text)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
         Cmd::Bench(BenchArgs {

@@ -77,6 +77,21 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (at most `secs`) until the server's log holds `needle` `times` times: log lines
+    /// arrive through a pipe and a reader thread, a little after the call that caused them.
+    pub fn wait_log(&self, needle: &str, times: usize, secs: u64) -> bool {
+        let t0 = std::time::Instant::now();
+        loop {
+            if self.log().matches(needle).count() >= times {
+                return true;
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs `fut`; past `secs` the test fails with the server's log rather than hanging.
     pub async fn within<T>(&self, secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
         match tokio::time::timeout(Duration::from_secs(secs), fut).await {

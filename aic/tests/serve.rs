@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use aic_proto::v1::codec_service_client::CodecServiceClient;
@@ -20,11 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-struct Server {
-    child: Child,
-    addr: String,
-    _data: tempfile::TempDir,
-}
+/// `aic serve` with keys off (tests/control.rs tests them), through the shared test support
+/// (own data dir, the server's log kept).
+struct Server(support::Server);
 
 impl Server {
     fn start(max_streams: usize) -> Self {
@@ -32,51 +29,19 @@ impl Server {
     }
 
     fn start_with(max_streams: usize, metrics: &str) -> Self {
-        // Keys are not the point here (tests/control.rs tests them): auth off, own data dir.
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--max-streams",
-                &max_streams.to_string(),
-                "--metrics-listen",
-                metrics,
-                "--auth",
-                "off",
-            ])
-            .env("AIC_DATA_DIR", data.path())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start aic serve");
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Self {
-            addr: format!("http://{addr}"),
-            child,
-            _data: data,
-        }
+        let n = max_streams.to_string();
+        Self(support::Server::start(&[
+            "--max-streams",
+            &n,
+            "--metrics-listen",
+            metrics,
+            "--auth",
+            "off",
+        ]))
     }
 
     async fn client(&self) -> CodecServiceClient<Channel> {
-        CodecServiceClient::connect(self.addr.clone())
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        CodecServiceClient::connect(self.0.url()).await.unwrap()
     }
 }
 
@@ -244,7 +209,7 @@ async fn encode_and_decode_sessions_at_16_and_48_khz() {
         );
     }
 
-    let channel = Channel::from_shared(s.addr.clone())
+    let channel = Channel::from_shared(s.0.url())
         .unwrap()
         .connect()
         .await

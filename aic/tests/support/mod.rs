@@ -17,21 +17,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// `aic serve` on 127.0.0.1:0 with its own data dir, metrics off, and `args` after.
+    /// `aic serve` on 127.0.0.1:0 with its own data dir, metrics off unless `args` says
+    /// otherwise, and `args` after.
     pub fn start(args: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
         Self::start_in(data, args)
     }
 
     pub fn start_in(data: tempfile::TempDir, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-            ])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aic"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        if !args.contains(&"--metrics-listen") {
+            cmd.args(["--metrics-listen", "off"]);
+        }
+        let mut child = cmd
             .args(args)
             .env("AIC_DATA_DIR", data.path())
             .env_remove("AIC_ADMIN_TOKEN")

@@ -755,3 +755,63 @@ async fn kill_9_mid_session_gives_clients_an_error_fast_and_the_store_reopens() 
     .await;
     drop(srv);
 }
+
+/// An `EncodeRequest` look-alike that can also carry field 2 (`pcm_s16le`, bytes on the wire)
+/// as a varint: a message the server cannot decode.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Loose {
+    #[prost(message, optional, tag = "1")]
+    open: Option<EncodeOpen>,
+    #[prost(uint64, optional, tag = "2")]
+    bad: Option<u64>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_message_mid_stream_ends_it_with_invalid_argument() {
+    let srv = Server::start(&["--auth", "off", "--workers", "1"]);
+    srv.within(60, "undecodable mid-stream", async {
+        let ch = Channel::from_shared(srv.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut g = tonic::client::Grpc::new(ch);
+        g.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<Loose, pb::EncodeResponse>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/aic.v1.CodecService/EncodeStream",
+        );
+        let EncodeRequest {
+            msg: Some(encode_request::Msg::Open(open)),
+        } = enc_open(6)
+        else {
+            unreachable!()
+        };
+        let msgs = vec![
+            Loose {
+                open: Some(open),
+                bad: None,
+            },
+            Loose {
+                open: None,
+                bad: Some(5),
+            },
+        ];
+        let mut resp = g
+            .streaming(Request::new(tokio_stream::iter(msgs)), path, codec)
+            .await
+            .unwrap()
+            .into_inner();
+        let end = loop {
+            match resp.next().await {
+                Some(Ok(_)) => {}
+                other => break other,
+            }
+        };
+        match end {
+            Some(Err(e)) => assert_eq!(e.code(), Code::InvalidArgument, "{e}"),
+            other => panic!("the stream must end with a status, got {other:?}"),
+        }
+    })
+    .await;
+}

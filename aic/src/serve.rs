@@ -723,27 +723,40 @@ impl Svc {
         })
     }
 
-    async fn encode_stream_inner(
+    /// What every streaming session does first: authenticate, then wait (bounded by the
+    /// first-message timeout, and by the shutdown cut) for the first message.
+    async fn open_session<T>(
         &self,
-        req: Request<Streaming<EncodeRequest>>,
-    ) -> Result<Response<RespStream<EncodeResponse>>, Status> {
+        req: Request<Streaming<T>>,
+    ) -> Result<
+        (
+            KeyGrant,
+            Streaming<T>,
+            tokio::sync::watch::Receiver<bool>,
+            T,
+        ),
+        Status,
+    > {
         let grant = self
             .gate
             .authenticate_from(req.metadata(), req.remote_addr().map(|a| a.ip()))
             .await?;
         let mut inbound = req.into_inner();
         let mut cut = self.cut.clone();
-        let first = match next_message(&mut inbound, self.first_message_timeout, "`open`", &mut cut)
-            .await
-        {
-            Next::Msg(m) => m,
-            Next::End => {
-                return Err(Status::invalid_argument(
-                    "empty stream: the first message must be `open`",
-                ));
-            }
-            Next::Fail(s) => return Err(s),
-        };
+        match next_message(&mut inbound, self.first_message_timeout, "`open`", &mut cut).await {
+            Next::Msg(m) => Ok((grant, inbound, cut, m)),
+            Next::End => Err(Status::invalid_argument(
+                "empty stream: the first message must be `open`",
+            )),
+            Next::Fail(s) => Err(s),
+        }
+    }
+
+    async fn encode_stream_inner(
+        &self,
+        req: Request<Streaming<EncodeRequest>>,
+    ) -> Result<Response<RespStream<EncodeResponse>>, Status> {
+        let (grant, mut inbound, mut cut, first) = self.open_session(req).await?;
         let Some(encode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
@@ -917,23 +930,7 @@ impl Svc {
         &self,
         req: Request<Streaming<DecodeRequest>>,
     ) -> Result<Response<RespStream<DecodeResponse>>, Status> {
-        let grant = self
-            .gate
-            .authenticate_from(req.metadata(), req.remote_addr().map(|a| a.ip()))
-            .await?;
-        let mut inbound = req.into_inner();
-        let mut cut = self.cut.clone();
-        let first = match next_message(&mut inbound, self.first_message_timeout, "`open`", &mut cut)
-            .await
-        {
-            Next::Msg(m) => m,
-            Next::End => {
-                return Err(Status::invalid_argument(
-                    "empty stream: the first message must be `open`",
-                ));
-            }
-            Next::Fail(s) => return Err(s),
-        };
+        let (grant, mut inbound, mut cut, first) = self.open_session(req).await?;
         let Some(decode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };

@@ -122,7 +122,7 @@ async fn session(
             k.unexpected.fetch_add(1, Ordering::Relaxed);
             first_err
                 .lock()
-                .unwrap()
+                .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert_with(|| format!("open: {e}"));
             return;
         }
@@ -193,7 +193,7 @@ async fn session(
             k.unexpected.fetch_add(1, Ordering::Relaxed);
             first_err
                 .lock()
-                .unwrap()
+                .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert_with(|| format!("session end: {e:?}"));
         }
     }
@@ -263,7 +263,7 @@ pub fn run(o: Options) -> Result<Report> {
             .zip(rss.last())
             .map(|(a, b)| (b.1 as f64 - a.1 as f64) / a.1 as f64);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let first_unexpected = first_err.lock().unwrap().clone();
+        let first_unexpected = first_err.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Ok(Report {
             sessions_opened: g(&k.opened),
             sessions_completed: g(&k.completed),

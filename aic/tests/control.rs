@@ -2,10 +2,8 @@
 //! by the generated tonic clients — admin API, keys, policies, limits, metering, audit, graceful
 //! shutdown (SIGTERM) with usage surviving a restart, and config precedence.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aic_proto::v1 as pb;
@@ -18,77 +16,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
+mod support;
+
+/// `aic serve` with keys on, on a data dir the test keeps (restarts see the same store),
+/// through the shared test support.
+struct Server;
 
 impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-                "--max-streams",
-                "8",
-                "--workers",
-                "1",
-                "--key-cache-ttl-secs",
-                "1",
-            ])
-            .args(extra)
-            .env("AIC_DATA_DIR", data_dir)
-            .env_remove("AIC_ADMIN_TOKEN")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start aic serve");
-        let mut r = BufReader::new(child.stderr.take().unwrap());
-        let mut addr = None;
-        let mut seen = String::new();
-        for _ in 0..50 {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            seen.push_str(&line);
-            if let Some(a) = line.split("listening on ").nth(1) {
-                addr = a.split_whitespace().next().map(str::to_owned);
-                break;
-            }
-        }
-        let addr = addr.unwrap_or_else(|| panic!("aic serve did not start:\n{seen}"));
-        // Keep reading stderr so the server never writes into a closed pipe; keep it for asserts.
-        let log = Arc::new(Mutex::new(seen));
-        let l2 = log.clone();
-        std::thread::spawn(move || {
-            for line in r.lines().map_while(Result::ok) {
-                l2.lock().unwrap().push_str(&(line + "\n"));
-            }
-        });
-        Self {
-            child,
-            addr: format!("http://{addr}"),
-            log,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn start(data_dir: &Path, extra: &[&str]) -> support::Server {
+        let mut args = vec![
+            "--max-streams",
+            "8",
+            "--workers",
+            "1",
+            "--key-cache-ttl-secs",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        support::Server::start_at(data_dir, &args)
     }
 }
 
@@ -643,7 +588,7 @@ async fn usage_survives_sigterm_and_restart() {
         got += 1;
     }
     assert_eq!(got, 20, "the open session finished after SIGTERM");
-    let st = s.terminate_wait();
+    let st = s.wait_exit(30).expect("no exit after SIGTERM");
     assert!(
         st.success(),
         "clean exit: {st:?}\n{}",
@@ -662,22 +607,6 @@ async fn usage_survives_sigterm_and_restart() {
     assert!((u.media_seconds_encoded - 0.9).abs() < 1e-9, "{u:?}");
     assert_eq!(u.bytes_in, 45 * 640, "{u:?}");
     assert!(u.bytes_saved > 0);
-}
-
-impl Server {
-    fn terminate_wait(&mut self) -> std::process::ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 #[test]

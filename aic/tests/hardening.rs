@@ -356,7 +356,7 @@ async fn tenants_share_the_slots_and_bad_admin_input_is_refused() {
         "--auth-failures-per-minute",
         "3",
     ]);
-    let token = std::fs::read_to_string(srv.data.path().join("admin.token"))
+    let token = std::fs::read_to_string(srv.dir.join("admin.token"))
         .unwrap()
         .trim()
         .to_owned();
@@ -702,8 +702,7 @@ fn plaintext_off_loopback_needs_insecure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_session_gives_clients_an_error_fast_and_the_store_reopens() {
     let data = tempfile::tempdir().unwrap();
-    let keep = data.path().to_owned();
-    let mut srv = Server::start_in(data, &["--auth", "off", "--workers", "1"]);
+    let mut srv = Server::start_at(data.path(), &["--auth", "off", "--workers", "1"]);
     let url = srv.url();
     let (tx, rx) = mpsc::channel(4);
     let mut c = CodecServiceClient::connect(url).await.unwrap();
@@ -744,10 +743,7 @@ async fn kill_9_mid_session_gives_clients_an_error_fast_and_the_store_reopens() 
     );
     // The same data dir serves again (the SQLite store survived the kill).
     let _ = srv.child.wait();
-    let data = tempfile::TempDir::new_in(keep.parent().unwrap()).unwrap();
-    std::fs::remove_dir(data.path()).unwrap();
-    std::fs::rename(&keep, data.path()).unwrap();
-    let srv2 = Server::start_in(data, &["--auth", "off", "--workers", "1"]);
+    let srv2 = Server::start_at(data.path(), &["--auth", "off", "--workers", "1"]);
     srv2.within(30, "restart after kill -9", async {
         let mut c = CodecServiceClient::connect(srv2.url()).await.unwrap();
         c.list_models(pb::ListModelsRequest {}).await.unwrap();

@@ -7,7 +7,7 @@
 //! concealed frame (FEC or PLC) per dropped packet.
 //!
 //! Janus and libnice skip loopback interfaces for ICE, so the test re-runs itself under
-//! `unshare -n` and gives a veth the address 127.0.0.2 (`/work/shared/notes/janus.md`). Where
+//! `unshare -n` and gives a veth the address 127.0.0.2 (`../shared/notes/janus.md`). Where
 //! namespaces cannot be created it says so loudly and skips; nowhere else.
 
 use std::io::{BufRead, BufReader};

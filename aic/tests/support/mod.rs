@@ -13,7 +13,10 @@ pub struct Server {
     /// `host:port` the server printed.
     pub addr: String,
     pub log: Arc<Mutex<String>>,
-    pub data: tempfile::TempDir,
+    /// The server's data dir (store, admin token).
+    pub dir: std::path::PathBuf,
+    /// Removes the data dir at the end when the server made it ([`Server::start`]).
+    _owned: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -21,10 +24,13 @@ impl Server {
     /// otherwise, and `args` after.
     pub fn start(args: &[&str]) -> Self {
         let data = tempfile::tempdir().unwrap();
-        Self::start_in(data, args)
+        let mut s = Self::start_at(data.path(), args);
+        s._owned = Some(data);
+        s
     }
 
-    pub fn start_in(data: tempfile::TempDir, args: &[&str]) -> Self {
+    /// `aic serve` on a data dir the caller keeps (a restart sees the same store).
+    pub fn start_at(dir: &Path, args: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aic"));
         cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         if !args.contains(&"--metrics-listen") {
@@ -32,7 +38,7 @@ impl Server {
         }
         let mut child = cmd
             .args(args)
-            .env("AIC_DATA_DIR", data.path())
+            .env("AIC_DATA_DIR", dir)
             .env_remove("AIC_ADMIN_TOKEN")
             .stderr(Stdio::piped())
             .spawn()
@@ -64,12 +70,21 @@ impl Server {
             child,
             addr,
             log,
-            data,
+            dir: dir.to_owned(),
+            _owned: None,
         }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub fn log(&self) -> String {

@@ -10,6 +10,7 @@ mod external;
 mod grpc_bench;
 mod janus;
 mod load;
+mod opens;
 mod plot;
 mod serve;
 mod soak;
@@ -179,6 +180,27 @@ enum BenchSub {
         budget_ms: u64,
         #[arg(long)]
         clips: Option<PathBuf>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Session-open rate against a running `aic serve` (see scripts/store-load.sh): opens at a
+    /// fixed rate (open loop), keys round-robin; open and first-frame latency percentiles.
+    Opens {
+        /// The server, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        addr: String,
+        /// A file with one API key per line.
+        #[arg(long)]
+        keys_file: PathBuf,
+        /// Opens per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// HTTP/2 connections the sessions are spread over.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -550,6 +572,38 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(p, serde_json::to_string_pretty(&rep)?)
                     .with_context(|| format!("cannot write {}", p.display()))?;
                 eprintln!("report: {}", p.display());
+            }
+        }
+        Cmd::Bench(BenchArgs {
+            sub:
+                Some(BenchSub::Opens {
+                    addr,
+                    keys_file,
+                    rate,
+                    duration,
+                    connections,
+                    json,
+                }),
+            ..
+        }) => {
+            let keys: Vec<String> = std::fs::read_to_string(&keys_file)
+                .with_context(|| format!("cannot read {}", keys_file.display()))?
+                .lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let rep = opens::run(opens::Options {
+                url: addr,
+                keys,
+                rate,
+                duration: std::time::Duration::from_secs(duration),
+                connections,
+            })?;
+            let text = serde_json::to_string_pretty(&rep)?;
+            println!("{text}");
+            if let Some(p) = &json {
+                std::fs::write(p, &text)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
         Cmd::Bench(BenchArgs {

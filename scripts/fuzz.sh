@@ -15,12 +15,18 @@ rustup toolchain list | grep -q nightly || rustup toolchain install nightly --pr
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
 mkdir -p out
+# Build every target once, then run the binaries: a source edit during a long run cannot turn
+# into a rebuild (or a build failure reported as a crash) halfway through.
+(cd fuzz && cargo +nightly fuzz build "${targets[@]}") > out/fuzz-build.log 2>&1 \
+  || { tail -n 30 out/fuzz-build.log >&2; echo "fuzz: build failed (out/fuzz-build.log)" >&2; exit 1; }
+bin=fuzz/target/$(rustc -vV | awk '/^host/ {print $2}')/release
 printf 'target\tseconds\truns\truns_per_s\tcov\tresult\n' > out/fuzz-summary.tsv
 for t in "${targets[@]}"; do
   log="out/fuzz-$t.log"
   result=ok
-  (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -print_final_stats=1) \
-    > "$log" 2>&1 || result="CRASH (see $log and fuzz/artifacts/$t/)"
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
+  "$bin/$t" -max_total_time="$secs" -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
+    "fuzz/corpus/$t" > "$log" 2>&1 || result="CRASH (see $log and fuzz/artifacts/$t/)"
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -n1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n1 | grep -o '[0-9]*')
   rate=$(awk -v r="${runs:-0}" -v s="$secs" 'BEGIN { printf "%.0f", r / s }')

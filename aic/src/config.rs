@@ -234,7 +234,7 @@ pub fn resolve(
         bridge_max_conns: a
             .bridge_max_conns
             .or(f.bridge_max_conns)
-            .unwrap_or(crate::bridge_server::DEFAULT_MAX_CONNS),
+            .unwrap_or(aic_service::bridge::DEFAULT_MAX_CONNS),
         auth: a.auth.clone().or(f.auth).unwrap_or_else(|| "on".into()),
         admin_token: env_admin_token.or(f.admin_token),
         key_cache_ttl_secs: a.key_cache_ttl_secs.or(f.key_cache_ttl_secs).unwrap_or(5),

@@ -4,7 +4,6 @@ mod admin;
 mod attach;
 mod audio;
 mod bench;
-mod bridge_server;
 mod config;
 mod external;
 mod grpc_bench;
@@ -12,7 +11,6 @@ mod janus;
 mod load;
 mod opens;
 mod plot;
-mod serve;
 mod soak;
 mod transcode;
 
@@ -339,9 +337,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             config::init_logging(&s);
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
-            serve::run(
+            aic_service::run(
                 &dir,
-                &serve::Options {
+                &aic_service::Options {
                     listen: s.listen,
                     max_streams: s.max_streams,
                     metrics_listen: match s.metrics_listen.as_str() {
@@ -352,7 +350,7 @@ fn run(cli: Cli) -> Result<()> {
                     data_dir: s.data_dir,
                     store_url: s.store_url,
                     bridge_socket: s.bridge_socket,
-                    bridge_limits: bridge_server::Limits {
+                    bridge_limits: aic_service::bridge::Limits {
                         allowed_uids: s.bridge_allowed_uids,
                         max_conns: s.bridge_max_conns,
                     },
@@ -366,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
                     meter_flush: std::time::Duration::from_secs(s.meter_flush_secs),
                     shutdown_grace: std::time::Duration::from_secs(s.shutdown_grace_secs),
                     tls: match (s.tls_cert, s.tls_key) {
-                        (Some(cert), Some(key)) => Some(serve::TlsFiles {
+                        (Some(cert), Some(key)) => Some(aic_service::TlsFiles {
                             cert,
                             key,
                             client_ca: s.tls_client_ca,
@@ -381,6 +379,7 @@ fn run(cli: Cli) -> Result<()> {
                     tenant_slot_share: s.tenant_slot_share,
                     auth_failures_per_minute: s.auth_failures_per_minute,
                 },
+                aic_service::shutdown_signal(),
             )?;
         }
         Cmd::Attach(AttachCmd::Janus(a)) => {

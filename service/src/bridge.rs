@@ -34,6 +34,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::{Context as _, Result};
 use aic_codec::codec::Decoder as _;
 use aic_control::gate::{Gate, Ticket};
 use aic_control::meter::SessionCounters;
@@ -44,7 +45,6 @@ use aic_sfu_bridge::link::{
     FRAME_16K, FrameOut, LinkConfig, LinkConn, LinkError, LinkKey, LinkListener, PeerCred,
     RefusalCode, Request,
 };
-use anyhow::{Context, Result};
 
 /// Frames one link stream may have inside the pipeline (the engine queues at most 4).
 const IN_FLIGHT: usize = 3;
@@ -334,6 +334,14 @@ pub struct BridgeServer {
     listener: Arc<LinkListener>,
     shared: Arc<Shared>,
     summaries: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for BridgeServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeServer")
+            .field("path", &self.listener.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for BridgeServer {

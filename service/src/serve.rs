@@ -20,6 +20,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::{Context as _, Result};
 use aic_codec::codec::{Decoder as _, Encoder as _};
 use aic_codec::resample::FrameResampler;
 use aic_control::gate::{Auth, Gate, Ticket};
@@ -36,7 +37,6 @@ use aic_proto::v1::{
     Level, ListModelsRequest, ListModelsResponse, ModelInfo, decode_request, encode_request,
     encode_response,
 };
-use anyhow::{Context, Result};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -65,7 +65,7 @@ pub struct Options {
     /// Serve the bridge link (`aic_sfu_bridge::link`) on this Unix socket (None: off).
     pub bridge_socket: Option<std::path::PathBuf>,
     /// Who may use the bridge socket and how many at once.
-    pub bridge_limits: crate::bridge_server::Limits,
+    pub bridge_limits: crate::bridge::Limits,
     /// Holds the SQLite store and the admin token file.
     pub data_dir: std::path::PathBuf,
     /// Control store: `sqlite://…` or `postgres://…`.
@@ -90,6 +90,36 @@ pub struct Options {
     pub tenant_slot_share: f64,
     /// Failed authentications per client address and minute before it is refused.
     pub auth_failures_per_minute: u32,
+}
+
+/// The admin token is never shown, nor the store URL's password.
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("listen", &self.listen)
+            .field("max_streams", &self.max_streams)
+            .field("metrics_listen", &self.metrics_listen)
+            .field("workers", &self.workers)
+            .field("bridge_socket", &self.bridge_socket)
+            .field("bridge_limits", &self.bridge_limits)
+            .field("data_dir", &self.data_dir)
+            .field("store_url", &redact(&self.store_url))
+            .field("auth", &self.auth)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("meter_flush", &self.meter_flush)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("tls", &self.tls)
+            .field("first_message_timeout", &self.first_message_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field(
+                "max_streams_per_connection",
+                &self.max_streams_per_connection,
+            )
+            .field("tenant_slot_share", &self.tenant_slot_share)
+            .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .finish()
+    }
 }
 
 /// PEM files for TLS on the gRPC port.
@@ -1144,7 +1174,13 @@ fn expected_kbps(model: &AicModel, level: u8) -> f64 {
     (16.0 + bits + 6.0) * 50.0 / 1000.0
 }
 
-pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
+/// Serves until `shutdown` completes (then: no new sessions, open ones get the grace period),
+/// and returns once usage is flushed. `aic serve` passes [`shutdown_signal`].
+pub fn run(
+    model_dir: &Path,
+    opts: &Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let models: Vec<Arc<AicModel>> = (0..opts.workers.max(1))
         .map(|_| AicModel::load(model_dir, 1).map(Arc::new))
         .collect::<Result<_, _>>()
@@ -1192,7 +1228,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
         ));
         let bridge = match &opts.bridge_socket {
             Some(path) => {
-                let b = crate::bridge_server::start(
+                let b = crate::bridge::start(
                     path,
                     pipeline.clone(),
                     model.manifest.model_id.clone(),
@@ -1306,7 +1342,7 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<()> {
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async move {
-                    shutdown_signal().await;
+                    shutdown.await;
                     tracing::info!("shutting down: no new sessions; open ones finish");
                     on_signal.notify_one();
                 },
@@ -1406,7 +1442,8 @@ async fn publish_pipeline_metrics(p: Arc<Pipeline>) {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -17,7 +17,7 @@ targets=("$@")
 mkdir -p out
 # Build every target once, then run the binaries: a source edit during a long run cannot turn
 # into a rebuild (or a build failure reported as a crash) halfway through.
-(cd fuzz && cargo +nightly fuzz build "${targets[@]}") > out/fuzz-build.log 2>&1 \
+(cd fuzz && cargo +nightly fuzz build) > out/fuzz-build.log 2>&1 \
   || { tail -n 30 out/fuzz-build.log >&2; echo "fuzz: build failed (out/fuzz-build.log)" >&2; exit 1; }
 bin=fuzz/target/$(rustc -vV | awk '/^host/ {print $2}')/release
 printf 'target\tseconds\truns\truns_per_s\tcov\tresult\n' > out/fuzz-summary.tsv

@@ -738,7 +738,7 @@ fn writer(
             let dec = opus.get_or_insert_with(|| {
                 aic_codec::opus::OpusDecoder::new(
                     aic_codec::opus::OpusVariant::Plain,
-                    &crate::serve::opus_info(),
+                    &crate::svc::opus_info(),
                 )
                 .expect("libopus decoder at 16 kHz")
             });

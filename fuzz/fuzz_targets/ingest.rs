@@ -1,7 +1,7 @@
 //! Untrusted RTP from the SFU through the whole sans-IO ingest (parse → SSRC follow → jitter
 //! buffer → Opus decode / FEC / PLC): a sequence of datagrams and arrival times, with frames
 //! polled as time passes. Never panics, and the ingest keeps its promises: one frame per slot
-//! with consecutive indices, every frame accounted for as decoded, FEC or PLC.
+//! with consecutive indices, every frame accounted for as decoded, FEC, PLC or silence.
 //!
 //! Input: one config byte, then records `op, ...`:
 //! - `op & 3 == 0`: a raw datagram, `len: u8` then `len` bytes;
@@ -36,7 +36,10 @@ impl Run {
             let Some(f) = self.ingest.pop(now, &mut self.pcm) else {
                 return;
             };
-            assert_eq!(f.index, self.next_index, "frame indices must be consecutive");
+            assert_eq!(
+                f.index, self.next_index,
+                "frame indices must be consecutive"
+            );
             self.next_index += 1;
             self.popped += 1;
             assert_eq!(f.arrived.is_some(), f.source == FrameSource::Decoded);
@@ -55,8 +58,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(ingest) = Ingest::new(IngestConfig {
         jitter: JitterConfig {
             frame: Duration::from_millis(20),
-            delay: Duration::from_millis(u64::from(cfg & 0x0f) * 10),
-            capacity: 1 + usize::from(cfg >> 4) * 4,
+            // The initial target; bit 3 pins it (min = max = delay: a fixed-delay buffer).
+            delay: Duration::from_millis(u64::from(cfg & 0x07) * 20),
+            min_delay: Duration::from_millis(if cfg & 0x08 != 0 {
+                u64::from(cfg & 0x07) * 20
+            } else {
+                20
+            }),
+            max_delay: Duration::from_millis(if cfg & 0x08 != 0 {
+                u64::from(cfg & 0x07) * 20
+            } else {
+                300
+            }),
+            capacity: 1 + usize::from(cfg >> 4 & 7) * 4,
+            ..Default::default()
         },
         payload_type: if cfg & 0x80 == 0 { Some(111) } else { None },
     }) else {
@@ -113,9 +128,9 @@ fuzz_target!(|data: &[u8]| {
     run.pop_due(now + Duration::from_secs(1));
     let s = run.ingest.stats;
     assert_eq!(
-        s.decoded + s.fec + s.plc,
+        s.decoded + s.fec + s.plc + s.silence,
         run.popped,
-        "every frame is decoded, FEC or PLC: {s:?}"
+        "every frame is decoded, FEC, PLC or silence: {s:?}"
     );
     assert!(s.payload_bytes <= data.len() as u64);
 });

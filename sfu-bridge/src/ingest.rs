@@ -2,11 +2,19 @@
 //! when the jitter buffer plays them.
 //!
 //! The publisher's Opus (RFC 7587: PT from SDP, 48 kHz clock, one 20 ms frame per packet as
-//! WebRTC sends it) goes through the [`JitterBuffer`] (reorder, duplicates, late packets), then
-//! libopus decodes straight to 16 kHz, the pipeline's rate. A frame that never arrived is
-//! rebuilt from the *next* packet's in-band FEC when that packet is already buffered (libopus
-//! `decode_fec`), and concealed by Opus PLC otherwise; an undecodable packet is concealed too.
-//! Every frame slot of the stream yields exactly one output frame: the pipeline never sees a gap.
+//! WebRTC sends it) goes through the adaptive [`JitterBuffer`] (reorder, duplicates, late
+//! packets, target delay from measured jitter, playout by RTP timestamp), then libopus decodes
+//! straight to 16 kHz, the pipeline's rate. A frame that never arrived is rebuilt from the *next*
+//! packet's in-band FEC when that packet is already buffered (libopus `decode_fec`), and concealed
+//! by Opus PLC otherwise; an undecodable packet is concealed too. When the buffer grows or runs
+//! empty ([`Playout::Conceal`]) the slot is Opus PLC; in a gap ([`Playout::Silence`]: DTX, a
+//! stopped stream, waiting to re-anchor the next talkspurt) the first [`PLC_FADE`] concealed slots
+//! in a row are Opus PLC (it fades out) and the rest are digital silence, without calling the
+//! decoder ([`FrameSource::Silence`]). A frame the buffer drops to shrink ([`Playout::Dropped`])
+//! is decoded to keep the decoder's state and its audio discarded. After each frame the ingest
+//! tells the buffer whether it was quiet (RMS below −40 dBFS), so drops and insertions land in
+//! quiet stretches. Every frame slot of the stream yields exactly one output frame: the pipeline
+//! never sees a gap.
 //!
 //! No allocation per packet in the steady state: the jitter buffer's slots and the decode
 //! buffer are reused. Hostile bytes are counted and dropped, never a panic.
@@ -18,9 +26,14 @@ use std::time::Instant;
 
 use opusic_c::{Channels, SampleRate};
 
-use crate::jitter::{JitterBuffer, JitterConfig, Playout, Push};
+use crate::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, Push};
 use crate::media::{FRAME_16K, MediaError, f32_to_i16};
 use crate::rtp::RtpPacket;
+
+/// Concealed slots in a row that are Opus PLC in a gap; after them, silence.
+pub const PLC_FADE: u32 = 5;
+/// A frame whose mean square is below this (−40 dBFS RMS) is quiet.
+const QUIET_MEAN_SQUARE: f32 = 1e-4;
 
 /// Consecutive packets from a new SSRC before the ingest follows it (the publisher
 /// renegotiated); fewer are treated as strays and dropped.
@@ -50,8 +63,12 @@ pub enum FrameSource {
     Decoded,
     /// Lost; rebuilt from the next packet's in-band FEC.
     Fec,
-    /// Lost (or undecodable); Opus packet-loss concealment.
+    /// Lost (or undecodable), or the jitter buffer grew / ran empty; Opus packet-loss
+    /// concealment.
     Plc,
+    /// A gap (DTX, a stopped stream, waiting for the next talkspurt): fading concealment, then
+    /// digital silence.
+    Silence,
 }
 
 /// One 20 ms frame out of [`Ingest::pop`]; its samples went to the caller's buffer.
@@ -87,6 +104,10 @@ pub struct IngestStats {
     pub fec: u64,
     pub plc: u64,
     pub decode_errors: u64,
+    /// Frames the jitter buffer dropped to shrink (decoded, not output).
+    pub dropped: u64,
+    /// Frames of [`FrameSource::Silence`].
+    pub silence: u64,
 }
 
 /// What happened to one pushed packet.
@@ -110,6 +131,8 @@ pub struct Ingest {
     payload: Vec<u8>,
     pcm: [f32; FRAME_16K],
     frames: u64,
+    /// Concealed or silent frames in a row.
+    concealed_run: u32,
     pub stats: IngestStats,
 }
 
@@ -136,6 +159,7 @@ impl Ingest {
             payload: Vec::with_capacity(opus_max_packet()),
             pcm: [0.0; FRAME_16K],
             frames: 0,
+            concealed_run: 0,
             stats: IngestStats::default(),
         })
     }
@@ -176,7 +200,7 @@ impl Ingest {
                 self.stats.ssrc_switches += 1;
             }
         }
-        let verdict = match self.jitter.push(now, p.sequence, p.payload) {
+        let verdict = match self.jitter.push(now, p.sequence, p.timestamp, p.payload) {
             Push::Accepted => {
                 self.stats.packets += 1;
                 self.stats.payload_bytes += p.payload.len() as u64;
@@ -203,9 +227,25 @@ impl Ingest {
         self.jitter.next_deadline()
     }
 
+    /// The jitter buffer's statistics (target delay, level, drops, growth, re-anchors, …).
+    pub fn jitter_stats(&self) -> JitterStats {
+        self.jitter.stats
+    }
+
     /// The next frame whose playout time has come: [`FRAME_16K`] samples written to `pcm`.
     pub fn pop(&mut self, now: Instant, pcm: &mut [i16; FRAME_16K]) -> Option<IngestFrame> {
-        let played = self.jitter.pop(now, &mut self.payload)?;
+        let played = loop {
+            match self.jitter.pop(now, &mut self.payload)? {
+                Playout::Dropped(_) => {
+                    // Shrinking: decode to keep the decoder's state, discard the audio.
+                    let _ = self
+                        .dec
+                        .decode_float_to_slice(&self.payload, &mut self.pcm, false);
+                    self.stats.dropped += 1;
+                }
+                p => break p,
+            }
+        };
         let (source, arrived) = match played {
             Playout::Frame(_) => {
                 match self
@@ -238,7 +278,33 @@ impl Ingest {
                     (FrameSource::Plc, None)
                 }
             }
+            // (`Dropped` never gets here: the loop above consumed it.)
+            Playout::Conceal | Playout::Dropped(_) => {
+                self.conceal();
+                (FrameSource::Plc, None)
+            }
+            Playout::Silence => {
+                if self.concealed_run < PLC_FADE {
+                    if !matches!(
+                        self.dec.decode_float_to_slice(&[], &mut self.pcm, false),
+                        Ok(FRAME_16K)
+                    ) {
+                        self.pcm.fill(0.0);
+                    }
+                } else {
+                    self.pcm.fill(0.0);
+                }
+                self.stats.silence += 1;
+                (FrameSource::Silence, None)
+            }
         };
+        self.concealed_run = if source == FrameSource::Decoded {
+            0
+        } else {
+            self.concealed_run.saturating_add(1)
+        };
+        let mean_square = self.pcm.iter().map(|v| v * v).sum::<f32>() / FRAME_16K as f32;
+        self.jitter.set_quiet(mean_square < QUIET_MEAN_SQUARE);
         f32_to_i16(&self.pcm, pcm);
         let index = self.frames;
         self.frames += 1;
@@ -271,6 +337,15 @@ mod tests {
     use std::time::Duration;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// A fixed 60 ms delay: these tests check the frame ↔ packet mapping, which a drop to shrink
+    /// would shift.
+    fn fixed() -> IngestConfig {
+        IngestConfig {
+            jitter: JitterConfig::fixed(60 * MS),
+            ..Default::default()
+        }
+    }
 
     /// 2 s of a voiced-ish signal (two harmonics with a slow envelope), Opus-encoded at 16 kHz
     /// with in-band FEC on, as RTP packets from seq `first`.
@@ -340,7 +415,7 @@ mod tests {
     #[test]
     fn clean_stream_decodes_every_frame_in_order() {
         let (_, pkts) = opus_packets(65_500, 100); // wraps the 16-bit sequence
-        let mut ing = Ingest::new(IngestConfig::default()).unwrap();
+        let mut ing = Ingest::new(fixed()).unwrap();
         let v: Vec<(usize, &[u8])> = pkts
             .iter()
             .enumerate()
@@ -356,7 +431,10 @@ mod tests {
         );
         assert_eq!(ing.stats.packets, 100);
         assert!(ing.stats.payload_bytes > 100 * 20);
-        assert_eq!(ing.stats.fec + ing.stats.plc, (out.len() - 100) as u64);
+        assert_eq!(
+            ing.stats.fec + ing.stats.plc + ing.stats.silence,
+            (out.len() - 100) as u64
+        );
     }
 
     #[test]
@@ -377,7 +455,7 @@ mod tests {
             }
         }
         v.sort_by_key(|e| e.0);
-        let mut ing = Ingest::new(IngestConfig::default()).unwrap();
+        let mut ing = Ingest::new(fixed()).unwrap();
         let out = run(&mut ing, &v, 100);
         let first: Vec<_> = out[..100].iter().map(|f| (f.index, f.source)).collect();
         for (k, (idx, src)) in first.iter().enumerate() {
@@ -403,7 +481,7 @@ mod tests {
             .filter(|(k, _)| !lost.contains(k))
             .map(|(k, p)| (k, p.as_slice()))
             .collect();
-        let mut ing = Ingest::new(IngestConfig::default()).unwrap();
+        let mut ing = Ingest::new(fixed()).unwrap();
         let t0 = Instant::now();
         let mut y = Vec::new();
         let mut pcm = [0i16; FRAME_16K];
@@ -512,6 +590,60 @@ mod tests {
             }
         }
         assert_eq!(ing.stats.ssrc_switches, 1);
+    }
+
+    #[test]
+    fn adaptive_buffer_turns_a_dtx_gap_into_silence_and_re_anchors_after_it() {
+        // 150 packets; after packet 49 the sender goes quiet for 2 s (DTX): the timestamp jumps
+        // by 100 frames, the sequence numbers do not.
+        let (_, mut pkts) = opus_packets(500, 150);
+        for p in &mut pkts[50..] {
+            let ts = u32::from_be_bytes(p[4..8].try_into().unwrap()) + 100 * 960;
+            p[4..8].copy_from_slice(&ts.to_be_bytes());
+        }
+        let arrival = |k: usize| 20 * MS * (if k < 50 { k } else { k + 100 }) as u32;
+        let mut ing = Ingest::new(IngestConfig::default()).unwrap(); // adaptive, 60 ms at first
+        let t0 = Instant::now();
+        let mut pcm = [0i16; FRAME_16K];
+        let mut frames = Vec::new();
+        let mut i = 0;
+        for step in 0..1200u32 {
+            let now = t0 + 5 * MS * step;
+            while i < pkts.len() && t0 + arrival(i) <= now {
+                assert_eq!(ing.push(now, &pkts[i]).unwrap(), Accepted::Buffered);
+                i += 1;
+            }
+            while let Some(f) = ing.pop(now, &mut pcm) {
+                frames.push((f, pcm.iter().all(|&x| x == 0)));
+            }
+        }
+        let s = ing.stats;
+        let j = ing.jitter_stats();
+        // One frame per slot, every packet decoded once (kept, or dropped to shrink), no loss.
+        assert!(
+            frames
+                .iter()
+                .enumerate()
+                .all(|(k, (f, _))| f.index == k as u64)
+        );
+        assert_eq!(s.decoded + s.dropped, 150, "{s:?}");
+        assert_eq!((s.fec, j.lost, j.late), (0, 0, 0), "{s:?} {j:?}");
+        // The gap: a few concealed frames, then silence — digital zeros after the PLC fade.
+        let gap: Vec<_> = frames
+            .iter()
+            .filter(|(f, _)| f.source != FrameSource::Decoded)
+            .collect();
+        assert!(s.silence >= 90, "{s:?}");
+        assert!(s.plc <= 6, "{s:?}"); // 3 at the gap's start, 3 at the stream's end
+        let zeros = gap
+            .iter()
+            .filter(|(f, z)| f.source == FrameSource::Silence && *z)
+            .count() as u64;
+        assert!(zeros + PLC_FADE as u64 * 2 >= s.silence, "{zeros} of {s:?}");
+        // The talkspurt after the gap re-anchored at the (decayed) target, below the initial
+        // 60 ms.
+        assert!(j.reanchors >= 2, "{j:?}");
+        assert!(j.delay < 45 * MS, "{j:?}");
     }
 
     proptest::proptest! {

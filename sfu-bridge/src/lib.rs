@@ -4,8 +4,9 @@
 //! * [`rtp`] — RTP (RFC 3550) with RFC 8285 header extensions: zero-copy parse, write.
 //! * [`aic_rtp`] — the AIC RTP payload format and its frame-metadata header extension
 //!   (`docs/rtp-payload.md`).
-//! * [`jitter`] — fixed-delay jitter buffer: reorder, drop duplicates/late packets, report
-//!   losses for concealment, bounded memory.
+//! * [`jitter`] — adaptive jitter buffer: target delay from measured jitter, playout by RTP
+//!   timestamp (DTX gaps re-anchor the next talkspurt), shrink/grow towards the target; reorder,
+//!   drop duplicates/late packets, report losses for concealment, bounded memory.
 //!
 //! * [`ingest`] — RTP in → jitter buffer → Opus decode to 16 kHz with FEC/PLC, one frame per
 //!   20 ms slot.

@@ -2,8 +2,9 @@
 //! range coder → AIC frame, and back.
 //!
 //! Each instance owns its stream's state vectors; the graphs are shared (one loaded model per
-//! process). Lost frames are concealed by feeding the decoder the last received latent, faded,
-//! which keeps its state continuous; a real neural PLC is future work.
+//! process). Lost frames are concealed as [`crate::conceal`] defines (the decoder is fed the last
+//! received latent, faded, so its state stays continuous) — the same concealment the batched
+//! engine uses, which its tests check sample by sample; a real neural PLC is future work.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -15,8 +16,6 @@ use aic_codec::registry::{CodecDescriptor, CodecFactory, CodecRegistry};
 use crate::model::{AicModel, Graph, read_manifest};
 
 pub const CODEC_NAME: &str = "aic";
-/// Per-frame fade applied to the latent while concealing consecutive losses.
-const PLC_FADE: f32 = 0.8;
 
 /// The model directory: `$AIC_MODEL_DIR`, else the model committed in this repository.
 pub fn default_model_dir() -> PathBuf {
@@ -119,6 +118,11 @@ pub struct AicDecoder {
     model: Arc<AicModel>,
     info: CodecInfo,
     state: Vec<f32>,
+    /// The last latent received (concealment starts from it).
+    received: Vec<f32>,
+    /// The model's latent of silence (concealment fades towards it).
+    silence: Arc<[f32]>,
+    /// The latent fed to the decoder this frame.
     latent: Vec<f32>,
     pcm: Vec<f32>,
     indices: Vec<u16>,
@@ -127,11 +131,13 @@ pub struct AicDecoder {
 
 impl AicDecoder {
     pub fn new(model: Arc<AicModel>, level: u8) -> Self {
-        let d = model.manifest.latent_dim;
+        let silence = crate::conceal::silence_latent(&model);
         Self {
             info: info(&model, level),
             state: vec![0.0; model.state_size(Graph::Decoder)],
-            latent: vec![0.0; d],
+            received: silence.to_vec(),
+            silence,
+            latent: vec![0.0; model.manifest.latent_dim],
             pcm: vec![0.0; model.manifest.frame_samples],
             indices: Vec::with_capacity(16),
             lost_run: 0,
@@ -158,11 +164,13 @@ impl Decoder for AicDecoder {
                     .codebooks
                     .decode(&self.indices, &mut self.latent)
                     .map_err(|e| CodecError::Backend(e.to_string()))?;
+                self.received.copy_from_slice(&self.latent);
                 self.lost_run = 0;
             }
             None => {
-                self.lost_run += 1;
-                self.latent.iter_mut().for_each(|x| *x *= PLC_FADE);
+                self.lost_run = self.lost_run.saturating_add(1);
+                let (r, s) = (&self.received, &self.silence);
+                crate::conceal::latent(r, s, self.lost_run, &mut self.latent);
             }
         }
         self.model.step(
@@ -178,6 +186,7 @@ impl Decoder for AicDecoder {
 
     fn reset(&mut self) -> Result<(), CodecError> {
         self.state.fill(0.0);
+        self.received.copy_from_slice(&self.silence);
         self.latent.fill(0.0);
         self.lost_run = 0;
         Ok(())

@@ -5,25 +5,50 @@
 //! model state rows. The **batcher** collects at most one frame per stream (a stream's frames
 //! must go through the model in order, because each call advances its state) and closes a batch
 //! when it is full or when waiting longer would make the oldest frame miss its deadline
-//! (DeepStream's `batched-push-timeout`, Triton's `max_queue_delay`). A frame that can no longer
-//! meet its deadline — overload, a backend error, no model — **falls back**: an encode stream
-//! sends that frame as Opus, a decode stream conceals it from its last output; both are marked
-//! and counted. Never silence, never a stall.
+//! (DeepStream's `batched-push-timeout`, Triton's `max_queue_delay`).
 //!
-//! The engine never reads the clock and never calls the model: callers pass `now`, take a
-//! [`Batch`] from [`Engine::poll`], run it on a [`Backend`](crate::backend::Backend) (on any
+//! Three kinds of stream ([`Direction`]):
+//! * **encode** — PCM in, AIC frames out (encoder graph, RVQ, range coder);
+//! * **decode** — AIC frames in, PCM out (frame parser, codeword sums, decoder graph). A frame
+//!   lost in transit (`push_aic(.., None)`) or corrupt still goes through the decoder in the
+//!   batch, fed the concealment latent of [`crate::conceal`] — the very concealment
+//!   [`AicDecoder`](crate::aic::AicDecoder) uses, so the decoder's state advances identically
+//!   and the PCM matches it; such outputs are [`Payload::Concealed`] and counted;
+//! * **transcode** — PCM in, and per frame one [`Output`] with both the AIC frame (what an SFU
+//!   forwards) and [`Output::decoded`], that frame through the decoder (what a subscriber hears).
+//!   A frame goes through an encoder batch, then a decoder batch (in the same `poll` round when
+//!   the backend is fast), under **one** deadline: the encoder stage is only started when the
+//!   estimated encoder + decoder time still fits the frame's budget. A stream's next frame
+//!   enters the encoder once the previous one has left the decoder, so outputs stay in order.
+//!
+//! A frame that can no longer meet its deadline — overload, a backend error, no model — **falls
+//! back**: an encode or transcode stream sends that frame as Opus (a transcode stream also
+//! decodes it in place with libopus, so [`Output::decoded`] is always there); a decode stream
+//! falls back to the model-free last resort of [`crate::conceal`] (a short fade to silence, the
+//! next model output faded in). All are marked and counted. Never silence without a reason,
+//! never a stall.
+//!
+//! The engine never reads the clock and never calls the model (except once, when it is built:
+//! the model's latent of silence for concealment, [`conceal::silence_latent`], computed once per
+//! process and model): callers pass `now`, take a
+//! [`Batch`] from [`Engine::poll`], run it on a [`Backend`](crate::driver::Backend) (on any
 //! thread), and hand it back with [`Engine::complete`]. Streams may close and slots be reused
 //! while a batch is out; results addressed to a slot's previous occupant are dropped (moshi's
-//! batched server does the same). Batch tensors are gathered into and scattered from buffers
-//! that are allocated once and reused, so the steady state allocates nothing per frame on the
-//! model path.
+//! batched server does the same).
+//!
+//! **Allocation.** Batch tensors are gathered into and scattered from buffers allocated once;
+//! the vectors inside [`Output`]s come from pools that [`Engine::recycle`] (spent outputs) and
+//! [`Engine::recycle_pcm`] / [`Engine::recycle_bytes`] (the caller's input vectors) refill. A
+//! caller that recycles allocates nothing per frame in the steady state (tested with a counting
+//! allocator); one that does not just gets fresh vectors.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use aic_codec::codec::Encoder;
-use aic_codec::opus::{OpusEncoder, OpusVariant};
+use aic_codec::codec::{CodecInfo, Decoder, Encoder, OperatingPoint};
+use aic_codec::opus::{OpusDecoder, OpusEncoder, OpusVariant};
 
+use crate::conceal;
 use crate::metrics::PipelineMetrics;
 use crate::model::{AicModel, Graph};
 
@@ -36,23 +61,31 @@ pub enum Direction {
     Encode,
     /// AIC frames in, PCM out.
     Decode,
+    /// PCM in; AIC frames out together with their decoded PCM ([`Output::decoded`]).
+    Transcode,
 }
 
 impl Direction {
-    fn graph(self) -> Graph {
+    /// Whether this kind of stream runs through graph `g`.
+    fn uses(self, g: Graph) -> bool {
         match self {
-            Direction::Encode => Graph::Encoder,
-            Direction::Decode => Graph::Decoder,
+            Direction::Encode => g == Graph::Encoder,
+            Direction::Decode => g == Graph::Decoder,
+            Direction::Transcode => true,
         }
+    }
+    /// Whether frames are pushed as PCM.
+    fn takes_pcm(self) -> bool {
+        self != Direction::Decode
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
     pub direction: Direction,
-    /// Codebooks sent (encode direction); decode streams take whatever level arrives.
+    /// Codebooks sent (encode and transcode); decode streams take whatever level arrives.
     pub level: u8,
-    /// Latency budget from a frame's arrival to its output.
+    /// Latency budget from a frame's arrival to its output (transcode: both model calls).
     pub budget: Duration,
     /// Bitrate of the Opus frames sent when the model cannot meet a deadline.
     pub fallback_bitrate_bps: u32,
@@ -73,6 +106,13 @@ impl StreamConfig {
             level: 0,
             budget: Duration::from_millis(40),
             fallback_bitrate_bps: 16_000,
+        }
+    }
+    /// PCM in; each output carries the AIC frame (or its Opus fallback) and its decoded PCM.
+    pub fn transcode(level: u8) -> Self {
+        Self {
+            direction: Direction::Transcode,
+            ..Self::encode(level)
         }
     }
 }
@@ -129,14 +169,15 @@ pub enum EngineError {
 /// What the engine produced for one input frame.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
-    /// An AIC frame (encode direction).
+    /// An AIC frame (encode and transcode).
     Aic(Vec<u8>),
-    /// The model could not meet this frame's deadline: the frame as Opus (encode direction).
+    /// The model could not meet this frame's deadline: the frame as Opus (encode and transcode).
     OpusFallback(Vec<u8>),
     /// Decoded PCM (decode direction).
     Pcm(Vec<f32>),
-    /// PCM concealed without the model (decode direction: deadline missed, frame corrupt, or
-    /// backend failure); a fade of the stream's last output.
+    /// Concealed PCM (decode direction): the frame was lost or corrupt (the decoder ran on the
+    /// concealment latent), or its deadline could not be met (the model-free fade); see
+    /// [`crate::conceal`].
     Concealed(Vec<f32>),
 }
 
@@ -152,6 +193,9 @@ pub struct Output {
     /// Position of the input frame in its stream (0, 1, 2, ...).
     pub seq: u64,
     pub payload: Payload,
+    /// Transcode streams: this frame's PCM at the model rate — the AIC frame through the
+    /// decoder, or the Opus fallback through libopus. Empty for the other directions.
+    pub decoded: Vec<f32>,
     /// From the frame's arrival to this output.
     pub latency: Duration,
 }
@@ -173,6 +217,8 @@ struct Member {
     stream: StreamId,
     seq: u64,
     arrived: Instant,
+    /// Decode streams: the row holds the concealment latent (the frame was lost or corrupt).
+    concealed: bool,
 }
 
 /// A closed batch: `size` rows of `input`, `state` and `output` (row `i` belongs to the same
@@ -197,9 +243,9 @@ impl Batch {
     pub fn buffers(&mut self) -> (&[f32], &mut [f32], &mut [f32], usize) {
         let n = self.size;
         let (iw, sw, ow) = (
-            self.input.len() / self.cap(),
-            self.state.len() / self.cap(),
-            self.output.len() / self.cap(),
+            self.input.len() / self.rows,
+            self.state.len() / self.rows,
+            self.output.len() / self.rows,
         );
         (
             &self.input[..n * iw],
@@ -208,10 +254,6 @@ impl Batch {
             n,
         )
     }
-
-    fn cap(&self) -> usize {
-        self.rows
-    }
 }
 
 #[derive(Debug)]
@@ -219,9 +261,12 @@ struct Pending {
     seq: u64,
     arrived: Instant,
     deadline: Instant,
-    /// PCM (encode) or the AIC frame's bytes (decode); recycled through the slot's free list.
+    /// PCM (encode, transcode); recycled through the slot's free list.
     pcm: Vec<f32>,
+    /// The AIC frame's bytes (decode; transcode after the encoder).
     bytes: Vec<u8>,
+    /// Transcode after the encoder: the quantised latent for the decoder.
+    latent: Vec<f32>,
 }
 
 struct Slot {
@@ -232,9 +277,19 @@ struct Slot {
     in_flight: bool,
     next_seq: u64,
     counter: u8,
-    /// Decode direction: the last output, for concealment.
+    /// Transcode: the frame between its encoder and decoder batches (`coded` once the encoder
+    /// has run). The stream's next frame waits until it has left.
+    held: Option<Pending>,
+    coded: bool,
+    /// Decode and transcode: the last PCM output (for the model-free fade).
     last_pcm: Vec<f32>,
+    /// Decode: the last latent received, and how many frames in a row were concealed since.
+    received: Vec<f32>,
+    lost_run: u32,
+    /// Decode: the last output was the model-free fade; the next model output is faded in.
+    faded: bool,
     opus: Option<OpusEncoder>,
+    opus_dec: Option<OpusDecoder>,
 }
 
 impl std::fmt::Debug for Slot {
@@ -243,6 +298,19 @@ impl std::fmt::Debug for Slot {
             .field("stream", &self.stream)
             .field("queued", &self.queue.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Slot {
+    /// The frame this slot would put into a batch of graph `g`, if any (ignores `in_flight`).
+    fn front(&self, g: Graph) -> Option<&Pending> {
+        self.stream?;
+        match (self.cfg.direction, g) {
+            (Direction::Transcode, Graph::Decoder) => self.held.as_ref().filter(|_| self.coded),
+            (Direction::Transcode, Graph::Encoder) if self.held.is_some() => None,
+            (d, g) if d.uses(g) => self.queue.front(),
+            _ => None,
+        }
     }
 }
 
@@ -287,6 +355,9 @@ fn bucket(n: usize) -> usize {
     n.max(1).next_power_of_two().trailing_zeros() as usize
 }
 
+/// Capacity of pooled byte vectors: the largest Opus packet (AIC frames are shorter).
+const BYTES_CAP: usize = aic_codec::opus::MAX_PACKET;
+
 /// The batched pipeline core. See the module docs.
 pub struct Engine {
     cfg: EngineConfig,
@@ -305,6 +376,13 @@ pub struct Engine {
     indices: Vec<u16>,
     batch_indices: Vec<u16>,
     rvq_scratch: aic_kernels::rvq::BatchScratch,
+    /// Reused by `poll` (slots ready for a graph).
+    ready_scratch: Vec<usize>,
+    /// The model's latent of silence, for concealment ([`conceal::silence_latent`]).
+    silence: std::sync::Arc<[f32]>,
+    /// Vectors for outputs (see the module docs), bounded.
+    pcm_pool: Vec<Vec<f32>>,
+    byte_pool: Vec<Vec<u8>>,
     pub metrics: PipelineMetrics,
 }
 
@@ -353,8 +431,14 @@ impl Engine {
                 in_flight: false,
                 next_seq: 0,
                 counter: 0,
+                held: None,
+                coded: false,
                 last_pcm: vec![0.0; frame],
+                received: vec![0.0; latent],
+                lost_run: 0,
+                faded: false,
                 opus: None,
+                opus_dec: None,
             })
             .collect();
         Self {
@@ -370,10 +454,14 @@ impl Engine {
             last_run: [None, None],
             slots,
             next_stream: 1,
-            outputs: VecDeque::new(),
+            outputs: VecDeque::with_capacity(4 * n),
             indices: Vec::with_capacity(16),
             batch_indices: Vec::new(),
             rvq_scratch: Default::default(),
+            ready_scratch: Vec::with_capacity(n),
+            silence: conceal::silence_latent(&model),
+            pcm_pool: Vec::with_capacity(Self::pool_cap(n)),
+            byte_pool: Vec::with_capacity(Self::pool_cap(n)),
             metrics: PipelineMetrics::default(),
             frame,
             latent,
@@ -384,6 +472,10 @@ impl Engine {
             },
             model,
         }
+    }
+
+    fn pool_cap(slots: usize) -> usize {
+        8 * slots + 16
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -401,7 +493,7 @@ impl Engine {
     /// Admits a stream into a free slot (its state rows are zeroed), or refuses when full.
     pub fn open(&mut self, cfg: StreamConfig) -> Result<StreamId, EngineError> {
         let k = self.model.manifest.num_codebooks;
-        if cfg.direction == Direction::Encode && (cfg.level == 0 || usize::from(cfg.level) > k) {
+        if cfg.direction.takes_pcm() && (cfg.level == 0 || usize::from(cfg.level) > k) {
             return Err(EngineError::Level {
                 level: cfg.level,
                 max: k,
@@ -418,16 +510,25 @@ impl Engine {
             self.metrics.rejected_streams += 1;
             return Err(EngineError::Full(self.cfg.max_batch));
         };
-        let opus = match cfg.direction {
-            Direction::Encode => Some(
-                OpusEncoder::new(
-                    OpusVariant::Plain,
-                    self.model.manifest.sample_rate,
-                    cfg.fallback_bitrate_bps,
-                )
-                .map_err(|e| EngineError::Fallback(e.to_string()))?,
-            ),
-            Direction::Decode => None,
+        let rate = self.model.manifest.sample_rate;
+        let fb = |e: aic_codec::CodecError| EngineError::Fallback(e.to_string());
+        let opus = if cfg.direction.takes_pcm() {
+            Some(OpusEncoder::new(OpusVariant::Plain, rate, cfg.fallback_bitrate_bps).map_err(fb)?)
+        } else {
+            None
+        };
+        let opus_dec = if cfg.direction == Direction::Transcode {
+            let info = CodecInfo {
+                codec: "opus".into(),
+                model_id: String::new(),
+                sample_rate: rate,
+                frame_samples: self.frame,
+                delay_samples: 0,
+                point: OperatingPoint::BitrateBps(cfg.fallback_bitrate_bps),
+            };
+            Some(OpusDecoder::new(OpusVariant::Plain, &info).map_err(fb)?)
+        } else {
+            None
         };
         let id = self.next_stream;
         self.next_stream += 1;
@@ -441,12 +542,24 @@ impl Engine {
         s.next_seq = 0;
         s.counter = 0;
         s.last_pcm.fill(0.0);
+        s.received.copy_from_slice(&self.silence);
+        s.lost_run = 0;
+        s.faded = false;
         s.opus = opus;
+        s.opus_dec = opus_dec;
+        Self::clear_frames(s);
+        self.metrics.streams_opened += 1;
+        Ok(id)
+    }
+
+    fn clear_frames(s: &mut Slot) {
         while let Some(p) = s.queue.pop_front() {
             s.free.push(p);
         }
-        self.metrics.streams_opened += 1;
-        Ok(id)
+        if let Some(p) = s.held.take() {
+            s.free.push(p);
+        }
+        s.coded = false;
     }
 
     /// Ends a stream: queued frames are discarded, an in-flight result will be dropped.
@@ -455,16 +568,52 @@ impl Engine {
         let s = &mut self.slots[idx];
         s.stream = None;
         s.opus = None;
-        while let Some(p) = s.queue.pop_front() {
-            s.free.push(p);
-        }
+        s.opus_dec = None;
+        Self::clear_frames(s);
         Ok(())
     }
 
     /// Frames of `id` queued or in a batch that is out (`None`: no such stream).
     pub fn pending_frames(&self, id: StreamId) -> Option<usize> {
         let s = &self.slots[self.slot_of(id).ok()?];
-        Some(s.queue.len() + usize::from(s.in_flight))
+        Some(s.queue.len() + usize::from(s.held.is_some() || s.in_flight))
+    }
+
+    /// Gives back a spent output's vectors for later outputs (see the module docs).
+    pub fn recycle(&mut self, o: Output) {
+        match o.payload {
+            Payload::Aic(b) | Payload::OpusFallback(b) => self.recycle_bytes(b),
+            Payload::Pcm(p) | Payload::Concealed(p) => self.recycle_pcm(p),
+        }
+        self.recycle_pcm(o.decoded);
+    }
+
+    /// Keeps a PCM vector (e.g. one a frame was pushed from) for a later output.
+    pub fn recycle_pcm(&mut self, mut v: Vec<f32>) {
+        if v.capacity() >= self.frame && self.pcm_pool.len() < Self::pool_cap(self.slots.len()) {
+            v.clear();
+            self.pcm_pool.push(v);
+        }
+    }
+
+    /// Keeps a byte vector (e.g. one a frame was pushed from) for a later output.
+    pub fn recycle_bytes(&mut self, mut v: Vec<u8>) {
+        if v.capacity() >= BYTES_CAP && self.byte_pool.len() < Self::pool_cap(self.slots.len()) {
+            v.clear();
+            self.byte_pool.push(v);
+        }
+    }
+
+    fn take_pcm(&mut self) -> Vec<f32> {
+        self.pcm_pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.frame))
+    }
+
+    fn take_bytes(&mut self) -> Vec<u8> {
+        self.byte_pool
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BYTES_CAP))
     }
 
     fn slot_of(&self, id: StreamId) -> Result<usize, EngineError> {
@@ -489,7 +638,8 @@ impl Engine {
             arrived: now,
             deadline: now,
             pcm: Vec::with_capacity(self.frame),
-            bytes: Vec::with_capacity(aic_codec::bitstream::frame::MAX_FRAME_BYTES),
+            bytes: Vec::with_capacity(BYTES_CAP),
+            latent: vec![0.0; self.latent],
         });
         p.seq = s.next_seq;
         s.next_seq += 1;
@@ -500,10 +650,10 @@ impl Engine {
         self.metrics.frames_in += 1;
     }
 
-    /// Queues one PCM frame of an encode stream.
+    /// Queues one PCM frame of an encode or transcode stream.
     pub fn push_pcm(&mut self, now: Instant, id: StreamId, pcm: &[f32]) -> Result<(), EngineError> {
         let idx = self.slot_of(id)?;
-        if self.slots[idx].cfg.direction != Direction::Encode {
+        if !self.slots[idx].cfg.direction.takes_pcm() {
             return Err(EngineError::WrongDirection(id, Direction::Decode));
         }
         if pcm.len() != self.frame {
@@ -527,8 +677,9 @@ impl Engine {
         frame: Option<&[u8]>,
     ) -> Result<(), EngineError> {
         let idx = self.slot_of(id)?;
-        if self.slots[idx].cfg.direction != Direction::Decode {
-            return Err(EngineError::WrongDirection(id, Direction::Encode));
+        let d = self.slots[idx].cfg.direction;
+        if d != Direction::Decode {
+            return Err(EngineError::WrongDirection(id, d));
         }
         let bytes = frame.unwrap_or(&[]);
         if bytes.len() > aic_codec::bitstream::frame::MAX_FRAME_BYTES {
@@ -546,6 +697,17 @@ impl Engine {
         self.outputs.pop_front()
     }
 
+    /// Model time still ahead of a frame of slot `idx` that is about to enter graph `g` in a
+    /// batch of `n`: the transcode encoder stage counts the decoder stage too (one budget).
+    fn time_ahead(&self, idx: usize, g: Graph, n: usize) -> Duration {
+        let t = self.steps[gi(g)].estimate(n) + self.cfg.safety_margin;
+        if g == Graph::Encoder && self.slots[idx].cfg.direction == Direction::Transcode {
+            t + self.steps[gi(Graph::Decoder)].estimate(n)
+        } else {
+            t
+        }
+    }
+
     /// Decides what to do at `now`: fall back frames that can no longer make it, close a batch
     /// if one is due, or say how long to wait.
     pub fn poll(&mut self, now: Instant) -> Poll {
@@ -558,52 +720,66 @@ impl Engine {
             // unless the model has not run for a probe interval: then one batch re-measures it.
             let probe = self.last_run[gi(g)]
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.probe_interval);
-            let solo = self.steps[gi(g)].estimate(1) + self.cfg.safety_margin;
             for idx in 0..self.slots.len() {
                 if probe {
                     break;
                 }
                 loop {
                     let s = &self.slots[idx];
-                    let due = s.stream.is_some()
-                        && s.cfg.direction.graph() == g
-                        && s.queue.front().is_some_and(|p| now + solo > p.deadline);
+                    // A transcode frame waiting behind its predecessor is checked too: its
+                    // deadline does not wait.
+                    let p = match (s.cfg.direction, g) {
+                        (Direction::Transcode, Graph::Encoder) if s.stream.is_some() => {
+                            s.queue.front()
+                        }
+                        _ if s.in_flight => None,
+                        _ => s.front(g),
+                    };
+                    let due = p.is_some_and(|p| now + self.time_ahead(idx, g, 1) > p.deadline);
                     if !due {
                         break;
                     }
-                    self.fall_back_front(now, idx);
+                    self.fall_back_front(now, idx, g);
                 }
             }
-            let ready: Vec<usize> = self.ready(g);
+            let mut ready = std::mem::take(&mut self.ready_scratch);
+            self.ready(g, &mut ready);
             if ready.is_empty() {
+                self.ready_scratch = ready;
                 continue;
             }
             let n = ready.len().min(self.cfg.max_batch);
-            let est = self.steps[gi(g)].estimate(n) + self.cfg.safety_margin;
-            let oldest = ready
+            let front = |i: usize| self.slots[i].front(g).expect("ready slot has a frame");
+            let oldest = ready.iter().map(|&i| front(i).arrived).min();
+            let latest_start = ready
                 .iter()
-                .map(|&i| self.slots[i].queue[0].arrived)
-                .min()
-                .expect("non-empty");
-            let earliest_deadline = ready
-                .iter()
-                .map(|&i| self.slots[i].queue[0].deadline)
-                .min()
-                .expect("non-empty");
-            let close_at = (oldest + self.cfg.max_queue_delay)
-                .min(earliest_deadline.checked_sub(est).unwrap_or(now));
+                .map(|&i| {
+                    front(i)
+                        .deadline
+                        .checked_sub(self.time_ahead(i, g, n))
+                        .unwrap_or(now)
+                })
+                .min();
+            let close_at = (oldest.expect("non-empty") + self.cfg.max_queue_delay)
+                .min(latest_start.expect("non-empty"));
             let waiting = self.waiting_streams(g);
             if probe || n >= self.cfg.max_batch || now >= close_at || waiting == ready.len() {
                 let mut b = self.take_batch(now, g, &ready);
+                self.ready_scratch = ready;
                 b.probe = probe;
                 self.last_run[gi(g)] = Some(now);
                 return Poll::Run(b);
             }
+            self.ready_scratch = ready;
             wake = Some(wake.map_or(close_at, |w: Instant| w.min(close_at)));
         }
         match wake {
             Some(t) => Poll::WaitUntil(t),
-            None if self.slots.iter().any(|s| !s.queue.is_empty()) => {
+            None if self
+                .slots
+                .iter()
+                .any(|s| !s.queue.is_empty() || s.held.is_some()) =>
+            {
                 // Only streams whose batch is out have frames: the caller completes it first.
                 Poll::WaitUntil(now + self.cfg.max_queue_delay)
             }
@@ -612,26 +788,30 @@ impl Engine {
     }
 
     /// Slots with a frame ready for graph `g`, oldest frame first.
-    fn ready(&self, g: Graph) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| {
-                let s = &self.slots[i];
-                s.stream.is_some()
-                    && !s.in_flight
-                    && s.cfg.direction.graph() == g
-                    && !s.queue.is_empty()
-            })
-            .collect();
-        v.sort_by_key(|&i| self.slots[i].queue[0].arrived);
-        v
+    fn ready(&self, g: Graph, v: &mut Vec<usize>) {
+        v.clear();
+        v.extend(
+            (0..self.slots.len())
+                .filter(|&i| !self.slots[i].in_flight && self.slots[i].front(g).is_some()),
+        );
+        v.sort_by_key(|&i| self.slots[i].front(g).map(|p| p.arrived));
     }
 
-    /// Open streams of graph `g` that could join a batch (none of them in flight). When every
-    /// one of them already has a frame ready, waiting longer cannot grow the batch.
+    /// Streams that could join a batch of `g` now or with their next frame (none of them in
+    /// flight; a transcode stream only where its frame stands). When every one of them already
+    /// has a frame ready, waiting longer cannot grow the batch.
     fn waiting_streams(&self, g: Graph) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.stream.is_some() && !s.in_flight && s.cfg.direction.graph() == g)
+            .filter(|s| {
+                s.stream.is_some()
+                    && !s.in_flight
+                    && match (s.cfg.direction, g) {
+                        (Direction::Transcode, Graph::Encoder) => s.held.is_none(),
+                        (Direction::Transcode, Graph::Decoder) => s.coded && s.held.is_some(),
+                        (d, g) => d.uses(g),
+                    }
+            })
             .count()
     }
 
@@ -644,17 +824,35 @@ impl Engine {
             Graph::Encoder => (self.frame, self.state_width[0]),
             Graph::Decoder => (self.latent, self.state_width[1]),
         };
-        let mut row = 0;
-        for &idx in ready.iter().take(self.cfg.max_batch) {
-            let p = self.slots[idx]
-                .queue
-                .pop_front()
-                .expect("ready slot has a frame");
+        for (row, &idx) in ready.iter().take(self.cfg.max_batch).enumerate() {
             let input = &mut b.input[row * inw..(row + 1) * inw];
-            match g {
-                Graph::Encoder => input.copy_from_slice(&p.pcm),
-                Graph::Decoder => {
-                    // Parse before the model: a corrupt or lost frame is concealed without it.
+            let s = &mut self.slots[idx];
+            let mut concealed = false;
+            let (seq, arrived) = match (s.cfg.direction, g) {
+                (Direction::Encode, _) => {
+                    let p = s.queue.pop_front().expect("ready slot has a frame");
+                    input.copy_from_slice(&p.pcm);
+                    let r = (p.seq, p.arrived);
+                    s.free.push(p);
+                    r
+                }
+                (Direction::Transcode, Graph::Encoder) => {
+                    let p = s.queue.pop_front().expect("ready slot has a frame");
+                    input.copy_from_slice(&p.pcm);
+                    let r = (p.seq, p.arrived);
+                    s.held = Some(p);
+                    s.coded = false;
+                    r
+                }
+                (Direction::Transcode, Graph::Decoder) => {
+                    let p = s.held.as_ref().expect("ready slot has a frame");
+                    input.copy_from_slice(&p.latent);
+                    (p.seq, p.arrived)
+                }
+                (Direction::Decode, _) => {
+                    let p = s.queue.pop_front().expect("ready slot has a frame");
+                    // Parse before the model; a lost or corrupt frame runs on the concealment
+                    // latent, so the decoder's state advances as in `AicDecoder`.
                     let ok = !p.bytes.is_empty()
                         && self
                             .model
@@ -662,33 +860,37 @@ impl Engine {
                             .read_frame(&p.bytes, &mut self.indices)
                             .is_ok()
                         && self.model.codebooks.decode(&self.indices, input).is_ok();
-                    if !ok {
+                    if ok {
+                        s.received.copy_from_slice(input);
+                        s.lost_run = 0;
+                    } else {
                         if !p.bytes.is_empty() {
                             self.metrics.corrupt_frames += 1;
                         }
-                        self.conceal(now, idx, p.seq, p.arrived);
-                        self.slots[idx].free.push(p);
-                        continue;
+                        s.lost_run = s.lost_run.saturating_add(1);
+                        conceal::latent(&s.received, &self.silence, s.lost_run, input);
+                        concealed = true;
                     }
+                    let r = (p.seq, p.arrived);
+                    s.free.push(p);
+                    r
                 }
-            }
+            };
+            s.in_flight = true;
             b.state[row * sw..(row + 1) * sw]
                 .copy_from_slice(&self.states[gi(g)][idx * sw..(idx + 1) * sw]);
-            let stream = self.slots[idx].stream.expect("ready slot is open");
             b.members.push(Member {
                 slot: idx,
-                stream,
-                seq: p.seq,
-                arrived: p.arrived,
+                stream: s.stream.expect("ready slot is open"),
+                seq,
+                arrived,
+                concealed,
             });
-            self.slots[idx].in_flight = true;
-            self.slots[idx].free.push(p);
             self.metrics
                 .queue_wait
-                .record(now.saturating_duration_since(b.members[row].arrived));
-            row += 1;
+                .record(now.saturating_duration_since(arrived));
         }
-        b.size = row;
+        b.size = b.members.len();
         b
     }
 
@@ -753,41 +955,86 @@ impl Engine {
                 self.metrics.stale_results += 1;
                 continue; // the slot now belongs to someone else (or no one)
             }
+            let direction = s.cfg.direction;
             if !ok {
-                let pcm = (g == Graph::Encoder)
+                let pcm = (direction == Direction::Encode)
                     .then(|| &b.input[row * self.frame..(row + 1) * self.frame]);
                 self.fall_back_frame(now, m.slot, m.seq, m.arrived, pcm);
                 continue;
             }
             self.states[gi(g)][m.slot * sw..(m.slot + 1) * sw]
                 .copy_from_slice(&b.state[row * sw..(row + 1) * sw]);
-            let payload = match g {
-                Graph::Encoder => {
-                    let level = usize::from(s.cfg.level);
+            match (direction, g) {
+                (_, Graph::Encoder) => {
+                    let (level, counter) = (usize::from(s.cfg.level), s.counter);
+                    let mut frame = match s.held.as_mut() {
+                        Some(p) => std::mem::take(&mut p.bytes),
+                        None => self.take_bytes(),
+                    };
                     let ix = &self.batch_indices[row * rvq_levels..row * rvq_levels + level];
-                    let mut frame = Vec::with_capacity(2 + 2 * level);
                     let coded = rvq_ok
                         && self
                             .model
                             .entropy
-                            .write_frame(s.counter, ix, &mut frame)
+                            .write_frame(counter, ix, &mut frame)
                             .is_ok();
+                    let s = &mut self.slots[m.slot];
+                    if direction == Direction::Transcode {
+                        let p = s.held.as_mut().expect("transcode frame held");
+                        p.bytes = frame;
+                        // The decoder's input is what a receiver rebuilds from the frame: the
+                        // codeword sums of the sent indices.
+                        s.coded = coded && self.model.codebooks.decode(ix, &mut p.latent).is_ok();
+                        if !s.coded {
+                            self.fall_back_frame(now, m.slot, m.seq, m.arrived, None);
+                        }
+                        continue;
+                    }
                     if !coded {
+                        self.recycle_bytes(frame);
                         let pcm = &b.input[row * self.frame..(row + 1) * self.frame];
                         self.fall_back_frame(now, m.slot, m.seq, m.arrived, Some(pcm));
                         continue;
                     }
-                    let s = &mut self.slots[m.slot];
                     s.counter = s.counter.wrapping_add(1) & 3;
-                    Payload::Aic(frame)
+                    self.emit(
+                        now,
+                        m.stream,
+                        m.seq,
+                        m.arrived,
+                        Payload::Aic(frame),
+                        Vec::new(),
+                    );
                 }
-                Graph::Decoder => {
-                    let pcm = &b.output[row * self.frame..(row + 1) * self.frame];
-                    s.last_pcm.copy_from_slice(pcm);
-                    Payload::Pcm(pcm.to_vec())
+                (Direction::Transcode, Graph::Decoder) => {
+                    let mut pcm = self.take_pcm();
+                    pcm.extend_from_slice(&b.output[row * self.frame..(row + 1) * self.frame]);
+                    let s = &mut self.slots[m.slot];
+                    s.last_pcm.copy_from_slice(&pcm);
+                    s.counter = s.counter.wrapping_add(1) & 3;
+                    let mut p = s.held.take().expect("transcode frame held");
+                    s.coded = false;
+                    let mut frame = self.take_bytes();
+                    std::mem::swap(&mut frame, &mut p.bytes);
+                    self.slots[m.slot].free.push(p);
+                    self.emit(now, m.stream, m.seq, m.arrived, Payload::Aic(frame), pcm);
                 }
-            };
-            self.emit(now, m.stream, m.seq, m.arrived, payload);
+                (_, Graph::Decoder) => {
+                    let mut pcm = self.take_pcm();
+                    pcm.extend_from_slice(&b.output[row * self.frame..(row + 1) * self.frame]);
+                    let s = &mut self.slots[m.slot];
+                    if std::mem::take(&mut s.faded) {
+                        conceal::fade_in(&mut pcm);
+                    }
+                    s.last_pcm.copy_from_slice(&pcm);
+                    let payload = if m.concealed {
+                        Payload::Concealed(pcm)
+                    } else {
+                        Payload::Pcm(pcm)
+                    };
+                    self.emit(now, m.stream, m.seq, m.arrived, payload, Vec::new());
+                }
+            }
         }
         b.members = members;
         b.members.clear();
@@ -802,6 +1049,7 @@ impl Engine {
         seq: u64,
         arrived: Instant,
         payload: Payload,
+        decoded: Vec<f32>,
     ) {
         let latency = now.saturating_duration_since(arrived);
         self.metrics.e2e_latency.record(latency);
@@ -818,20 +1066,33 @@ impl Engine {
             stream,
             seq,
             payload,
+            decoded,
             latency,
         });
     }
 
-    fn fall_back_front(&mut self, now: Instant, idx: usize) {
-        let p = self.slots[idx].queue.pop_front().expect("caller checked");
-        let pcm = (self.slots[idx].cfg.direction == Direction::Encode).then_some(p.pcm.as_slice());
+    /// Falls back the frame slot `idx` would next put into a batch of `g`.
+    fn fall_back_front(&mut self, now: Instant, idx: usize, g: Graph) {
+        let s = &mut self.slots[idx];
+        let p = match (s.cfg.direction, g) {
+            (Direction::Transcode, Graph::Decoder) => {
+                s.coded = false;
+                s.held.take()
+            }
+            _ => s.queue.pop_front(),
+        }
+        .expect("caller checked");
+        let pcm = s.cfg.direction.takes_pcm().then_some(p.pcm.as_slice());
         self.fall_back_frame(now, idx, p.seq, p.arrived, pcm);
         self.slots[idx].free.push(p);
     }
 
-    /// Encode streams send the frame as Opus; decode streams conceal it. The model's state for
-    /// the stream does not see that frame (the next frames are coded from a state one frame
-    /// behind, which the causal model tolerates); running it later would only deepen overload.
+    /// Encode and transcode streams send the frame as Opus (transcode: decoded in place by
+    /// libopus); decode streams fade out without the model ([`conceal::fade_out`]). The model's
+    /// state for the stream does not see that frame (the next frames are coded from a state one
+    /// frame behind, which the causal model tolerates); running it later would only deepen
+    /// overload. `pcm`: the input frame (encode, transcode; for a transcode frame held between
+    /// its batches, `None` takes the held one).
     fn fall_back_frame(
         &mut self,
         now: Instant,
@@ -843,28 +1104,53 @@ impl Engine {
         let Some(stream) = self.slots[idx].stream else {
             return;
         };
-        match self.slots[idx].cfg.direction {
-            Direction::Encode => {
-                let mut out = Vec::new();
-                if let (Some(pcm), Some(enc)) = (pcm, self.slots[idx].opus.as_mut())
+        let direction = self.slots[idx].cfg.direction;
+        let held = if pcm.is_none() && direction == Direction::Transcode {
+            self.slots[idx].coded = false;
+            self.slots[idx].held.take()
+        } else {
+            None
+        };
+        let pcm = pcm.or(held.as_ref().map(|p| p.pcm.as_slice()));
+        let mut decoded = Vec::new();
+        let payload = match direction {
+            Direction::Encode | Direction::Transcode => {
+                let mut out = self.take_bytes();
+                let s = &mut self.slots[idx];
+                if let (Some(pcm), Some(enc)) = (pcm, s.opus.as_mut())
                     && let Err(e) = enc.encode_frame(pcm, &mut out)
                 {
                     self.metrics.last_backend_error = Some(format!("opus fallback: {e}"));
                     out.clear();
                 }
-                self.emit(now, stream, seq, arrived, Payload::OpusFallback(out));
+                if direction == Direction::Transcode {
+                    decoded = self.take_pcm();
+                    let s = &mut self.slots[idx];
+                    let ok = !out.is_empty()
+                        && s.opus_dec
+                            .as_mut()
+                            .is_some_and(|d| d.decode_frame(Some(&out), &mut decoded).is_ok());
+                    if !ok {
+                        decoded.resize(self.frame, 0.0);
+                        conceal::fade_out(&s.last_pcm, &mut decoded);
+                    }
+                    s.last_pcm.copy_from_slice(&decoded);
+                }
+                Payload::OpusFallback(out)
             }
-            Direction::Decode => self.conceal(now, idx, seq, arrived),
-        }
-    }
-
-    fn conceal(&mut self, now: Instant, idx: usize, seq: u64, arrived: Instant) {
-        let Some(stream) = self.slots[idx].stream else {
-            return;
+            Direction::Decode => {
+                let mut out = self.take_pcm();
+                out.resize(self.frame, 0.0);
+                let s = &mut self.slots[idx];
+                conceal::fade_out(&s.last_pcm, &mut out);
+                s.last_pcm.copy_from_slice(&out);
+                s.faded = true;
+                Payload::Concealed(out)
+            }
         };
-        let s = &mut self.slots[idx];
-        s.last_pcm.iter_mut().for_each(|x| *x *= 0.5);
-        let pcm = s.last_pcm.clone();
-        self.emit(now, stream, seq, arrived, Payload::Concealed(pcm));
+        if let Some(p) = held {
+            self.slots[idx].free.push(p);
+        }
+        self.emit(now, stream, seq, arrived, payload, decoded);
     }
 }

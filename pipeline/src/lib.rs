@@ -6,13 +6,15 @@
 //! * [`aic`] — the streaming AIC [`Encoder`](aic_codec::Encoder)/[`Decoder`](aic_codec::Decoder)
 //!   (one stream at a time) and its registry entry.
 //!
+//! * [`conceal`] — the one AIC packet-loss concealment, used by [`aic`] and [`engine`].
 //! * [`engine`] — the batched many-stream pipeline as a sans-IO state machine: slot table,
-//!   batcher with deadlines, Opus fallback, bounded queues.
+//!   batcher with deadlines, encode / decode / transcode streams, Opus fallback, bounded queues.
 //! * [`driver`] — the thin real-time driver: one worker thread, channels in and out.
 //! * [`hints`] — level/Opus recommendations from the model's measured rate–quality table.
 //! * [`metrics`] — histograms and counters the engine keeps.
 
 pub mod aic;
+pub mod conceal;
 pub mod driver;
 pub mod engine;
 pub mod hints;

@@ -52,8 +52,9 @@
 //! absorbs clock drift both ways.
 //!
 //! Late packets (behind the playout point), duplicates and packets beyond the window are counted
-//! and dropped. A packet far outside the window while the buffer is empty (the sender's sequence
-//! numbers jumped) restarts the timeline ([`JitterStats::resyncs`]).
+//! and dropped. A packet far ahead of the window while the buffer is empty (a long outage, or
+//! the sender's sequence numbers jumped), or two in a row far behind it, restart the timeline
+//! ([`JitterStats::resyncs`]; the frames skipped are not counted as lost).
 
 use std::time::{Duration, Instant};
 
@@ -345,6 +346,8 @@ pub struct JitterBuffer {
     /// The next packet is to be placed by the re-anchor rule.
     resume: bool,
     empty_run: u32,
+    /// Packets in a row far behind the playout point.
+    far_behind_run: u8,
     since_drop: u32,
     since_grow: u32,
     over_run: u32,
@@ -380,6 +383,7 @@ impl JitterBuffer {
             slot_due: None,
             resume: true,
             empty_run: 0,
+            far_behind_run: 0,
             since_drop: u32::MAX,
             since_grow: u32::MAX,
             over_run: 0,
@@ -459,10 +463,18 @@ impl JitterBuffer {
             self.slot_due = Some(now + Duration::from_micros(self.est.target_us as u64));
         }
         let n = self.slots.len() as u64;
-        let far = ext >= self.next.saturating_add(n) || ext.saturating_add(n) <= self.next;
-        if far && self.buffered == 0 {
+        let far_ahead = ext >= self.next.saturating_add(n);
+        let far_behind = ext.saturating_add(n) <= self.next;
+        // A stray old packet (far behind) must not rewind the timeline: two in a row do.
+        self.far_behind_run = if far_behind {
+            self.far_behind_run.saturating_add(1)
+        } else {
+            0
+        };
+        if self.buffered == 0 && (far_ahead || self.far_behind_run >= 2) {
             // The sender's numbering jumped (or a long outage): start over from this packet.
             self.resync(now, ext, ts);
+            self.far_behind_run = 0;
         }
         if ext < self.next {
             self.est.observe(now, ts);
@@ -778,15 +790,22 @@ mod tests {
         // The sender restarts with new numbers, far behind: not late for good.
         let mut t = t0 + 80 * MS;
         for k in 0..10u16 {
+            // (the first one alone could be a stray: late; the second restarts the timeline)
+            let want = if k == 0 { Push::Late } else { Push::Accepted };
             assert_eq!(
                 j.push(t, 40_000 + k, 5_000_000 + 960 * u32::from(k), b"b"),
-                Push::Accepted
+                want
             );
             t += 20 * MS;
             drain(&mut j, t);
         }
         assert_eq!(j.stats.resyncs, 1);
-        assert!(j.stats.played >= 8, "{:?}", j.stats);
+        assert!(j.stats.played >= 7, "{:?}", j.stats);
+        // One stray old packet during silence does not rewind the timeline.
+        t += 200 * MS;
+        drain(&mut j, t);
+        assert_eq!(j.push(t, 39_000, 4_000_000, b"old"), Push::Late);
+        assert_eq!(j.stats.resyncs, 1);
     }
 
     #[test]

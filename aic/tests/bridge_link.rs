@@ -3,19 +3,22 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aic_sfu_bridge::link::{
     FRAME_16K, FrameIn, FrameOut, LinkClient, LinkConfig, LinkError, RefusalCode,
 };
 
+mod support;
+
+/// `aic serve --bridge-socket` (started through the shared test support), its socket in the
+/// server's data dir.
 struct Server {
-    child: Child,
+    srv: support::Server,
     socket: PathBuf,
-    /// The gRPC address (`http://…`), for the admin CLI.
-    addr: String,
-    dir: tempfile::TempDir,
+    /// Kept for the server's life: holds its store, admin token and socket.
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -26,61 +29,35 @@ impl Server {
     fn start_with(max_streams: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("aic-link.sock");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "off",
-            ])
-            .args(["--workers", "1", "--max-streams", &max_streams.to_string()])
-            .arg("--bridge-socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(extra)
-            .env_remove("AIC_ADMIN_TOKEN")
-            .env_remove("AIC_BRIDGE_ALLOWED_UIDS")
-            .env_remove("AIC_BRIDGE_MAX_CONNS")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start aic serve");
-        // Keep draining stderr (the server logs dropped streams there); wait for the link line.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                eprintln!("[server] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let t0 = Instant::now();
-        let mut addr = None;
-        loop {
-            let line = rx
-                .recv_timeout(Duration::from_secs(120).saturating_sub(t0.elapsed()))
-                .expect("aic serve printed no bridge line in time");
-            if let Some(a) = line.split("listening on ").nth(1) {
-                addr = a.split_whitespace().next().map(str::to_owned);
-            }
-            if line.contains("bridge link on") {
-                break;
-            }
-        }
+        let max_streams = max_streams.to_string();
+        let mut args = vec![
+            "--workers",
+            "1",
+            "--max-streams",
+            &max_streams,
+            "--bridge-socket",
+            socket.to_str().expect("a UTF-8 temp path"),
+        ];
+        args.extend_from_slice(extra);
+        let srv = support::Server::start_at(dir.path(), &args);
+        // The socket is bound before the server names its address; the line comes after.
+        assert!(
+            srv.wait_log("bridge link on", 1, 30),
+            "aic serve printed no bridge line:\n{}",
+            srv.log()
+        );
         Self {
-            child,
+            srv,
             socket,
-            addr: format!("http://{}", addr.expect("aic serve named its address")),
-            dir,
+            _dir: dir,
         }
     }
 
     /// `aic admin …` against this server; its stdout.
     fn admin(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_aic"))
-            .args(["admin", "--server", &self.addr, "--data-dir"])
-            .arg(self.dir.path())
+            .args(["admin", "--server", &self.srv.url(), "--data-dir"])
+            .arg(&self.srv.dir)
             .args(args)
             .env_remove("AIC_ADMIN_TOKEN")
             .output()
@@ -126,13 +103,6 @@ impl Server {
             .unwrap()
             .with_api_key(key)
             .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -355,8 +325,8 @@ fn a_killed_server_gives_peer_gone_promptly() {
     let mut s = client.open(cfg(6)).unwrap();
     let x = speech("en_f_confbridge.wav");
     let _ = run_stream(&mut s, &x, 5);
-    srv.child.kill().unwrap(); // SIGKILL
-    srv.child.wait().unwrap();
+    srv.srv.child.kill().unwrap(); // SIGKILL
+    srv.srv.child.wait().unwrap();
     let t0 = Instant::now();
     let mut out = FrameOut::default();
     let r = s.recv_into(&mut out, Duration::from_secs(30));

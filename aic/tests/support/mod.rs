@@ -39,7 +39,10 @@ impl Server {
         let mut child = cmd
             .args(args)
             .env("AIC_DATA_DIR", dir)
+            // Settings the test's own environment must not change.
             .env_remove("AIC_ADMIN_TOKEN")
+            .env_remove("AIC_BRIDGE_ALLOWED_UIDS")
+            .env_remove("AIC_BRIDGE_MAX_CONNS")
             .stderr(Stdio::piped())
             .spawn()
             .expect("start aic serve");
@@ -131,7 +134,11 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the server; a failing test shows what it said first.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("aic serve log:\n{}", self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

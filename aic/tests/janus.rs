@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+mod support;
+
 const IN_NETNS: &str = "AIC_JANUS_TEST_IN_NETNS";
 const ROOM: u64 = 1234;
 const MOUNTPOINT: u64 = 77;
@@ -323,37 +325,17 @@ fn inside_namespace(loss_pct: Option<u32>) {
 
     // The pipeline process: AIC encode + decode behind the shm link.
     let sock = t.join("bridge.sock");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_aic"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "off",
-        ])
-        .arg("--bridge-socket")
-        .arg(&sock)
-        .arg("--data-dir")
-        .arg(t.join("aic-data"))
-        .env_remove("AIC_ADMIN_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let serve_err = lines("serve", serve.stderr.take().unwrap());
-    procs.0.push(("aic serve".into(), serve));
-    let listening = wait_line(&serve_err, "listening on", Duration::from_secs(60));
-    let grpc = listening
-        .split("listening on ")
-        .nth(1)
-        .and_then(|a| a.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {listening:?}"))
-        .to_owned();
-    let ready = (0..300).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        sock.exists()
-    });
-    assert!(ready, "aic serve did not create {}", sock.display());
+    let serve = support::Server::start_at(
+        &t.join("aic-data"),
+        &["--bridge-socket", sock.to_str().expect("a UTF-8 temp path")],
+    );
+    let grpc = serve.addr.clone();
+    // The socket is bound before the server names its address; the line comes after.
+    assert!(
+        serve.wait_log("bridge link on", 1, 30),
+        "aic serve did not serve {}",
+        sock.display()
+    );
     // The bridge shows an API key when it opens its stream (AIC_API_KEY, like --api-key).
     let admin = |args: &[&str]| -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_aic"))

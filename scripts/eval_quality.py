@@ -3,6 +3,7 @@
 
     python3 scripts/eval_quality.py REF.wav DEG.wav
     python3 scripts/eval_quality.py --pairs LIST.tsv     (one "REF<TAB>DEG" per line)
+    python3 scripts/eval_quality.py --metrics plcmos,dnsmos_ovrl --pairs LIST.tsv
 
 Both files: 16 kHz mono WAV, already delay-aligned by the caller (if their lengths differ, the
 longer one is truncated). Prints exactly ONE line of JSON on stdout:
@@ -21,6 +22,15 @@ longer one is truncated). Prints exactly ONE line of JSON on stdout:
   naturalness) via the ``speechmos`` package (``dnsmos.run(x, 16000)["ovrl_mos"]``, its shipped
   ONNX models), range about 1..5.
 
+* ``plcmos``: PLCMOS v2 (Microsoft's packet-loss-concealment MOS, INTERSPEECH 2023) of DEG
+  alone (non-intrusive) via the same ``speechmos`` package (``plcmos.run(x, 16000)["plcmos"]``,
+  its shipped ``plcmos_v2.onnx``), range about 1..5. It averages 15 random "rater embeddings";
+  numpy's generator is seeded with 0 before each clip so a score is reproducible. Computed only
+  when asked for with ``--metrics`` (``aic bench loss`` does).
+
+``--metrics a,b`` computes (and prints) only those metrics, any of ``pesq_wb``, ``visqol``,
+``dnsmos_ovrl``, ``plcmos``; the default is ``pesq_wb,visqol,dnsmos_ovrl``.
+
 A metric whose package is missing or that fails is ``null``, with the reason under its name in
 ``errors``; the exit status is still 0, so callers can treat the whole evaluator as optional.
 Only wrong usage exits with status 2. With ``--pairs`` it prints one such line per pair, in
@@ -37,6 +47,8 @@ import math
 import sys
 
 SAMPLE_RATE = 16000
+ALL_METRICS = ("pesq_wb", "visqol", "dnsmos_ovrl", "plcmos")
+DEFAULT_METRICS = ("pesq_wb", "visqol", "dnsmos_ovrl")
 
 
 def read_wav(path):
@@ -71,13 +83,15 @@ def describe(e):
     return f"{type(e).__name__}: {e}"
 
 
-def evaluate(ref_path, deg_path):
-    out = {"pesq_wb": None, "visqol": None, "dnsmos_ovrl": None, "errors": {}}
+def evaluate(ref_path, deg_path, metrics=DEFAULT_METRICS):
+    out = {m: None for m in metrics}
+    out["errors"] = {}
     errors = out["errors"]
     try:
         import numpy  # noqa: F401
     except ImportError as e:
-        errors["pesq_wb"] = errors["visqol"] = errors["dnsmos_ovrl"] = f"numpy unavailable ({describe(e)})"
+        for m in metrics:
+            errors[m] = f"numpy unavailable ({describe(e)})"
         return out
     try:
         sr_r, ref = read_wav(ref_path)
@@ -92,36 +106,54 @@ def evaluate(ref_path, deg_path):
         errors["input"] = describe(e)
         return out
 
-    try:
-        from pesq import pesq
-    except Exception as e:  # noqa: BLE001 (ImportError, or a broken binary extension)
-        errors["pesq_wb"] = f"pesq package unavailable ({describe(e)})"
-    else:
+    if "pesq_wb" in metrics:
         try:
-            out["pesq_wb"] = finite_or_none(pesq(SAMPLE_RATE, ref, deg, "wb"))
-        except Exception as e:  # noqa: BLE001 (e.g. NoUtterancesError on silence)
-            errors["pesq_wb"] = describe(e)
+            from pesq import pesq
+        except Exception as e:  # noqa: BLE001 (ImportError, or a broken binary extension)
+            errors["pesq_wb"] = f"pesq package unavailable ({describe(e)})"
+        else:
+            try:
+                out["pesq_wb"] = finite_or_none(pesq(SAMPLE_RATE, ref, deg, "wb"))
+            except Exception as e:  # noqa: BLE001 (e.g. NoUtterancesError on silence)
+                errors["pesq_wb"] = describe(e)
 
-    try:
-        from visqol import VisqolApi
-    except Exception as e:  # noqa: BLE001
-        errors["visqol"] = f"visqol-python package unavailable ({describe(e)})"
-    else:
+    if "visqol" in metrics:
         try:
-            api = _visqol_api(VisqolApi)
-            out["visqol"] = finite_or_none(api.measure_from_arrays(ref, deg, SAMPLE_RATE).moslqo)
+            from visqol import VisqolApi
         except Exception as e:  # noqa: BLE001
-            errors["visqol"] = describe(e)
+            errors["visqol"] = f"visqol-python package unavailable ({describe(e)})"
+        else:
+            try:
+                api = _visqol_api(VisqolApi)
+                out["visqol"] = finite_or_none(api.measure_from_arrays(ref, deg, SAMPLE_RATE).moslqo)
+            except Exception as e:  # noqa: BLE001
+                errors["visqol"] = describe(e)
 
-    try:
-        from speechmos import dnsmos
-    except Exception as e:  # noqa: BLE001
-        errors["dnsmos_ovrl"] = f"speechmos package unavailable ({describe(e)})"
-    else:
+    if "dnsmos_ovrl" in metrics:
         try:
-            out["dnsmos_ovrl"] = finite_or_none(dnsmos.run(deg.astype("float32"), SAMPLE_RATE)["ovrl_mos"])
+            from speechmos import dnsmos
         except Exception as e:  # noqa: BLE001
-            errors["dnsmos_ovrl"] = describe(e)
+            errors["dnsmos_ovrl"] = f"speechmos package unavailable ({describe(e)})"
+        else:
+            try:
+                out["dnsmos_ovrl"] = finite_or_none(dnsmos.run(deg.astype("float32"), SAMPLE_RATE)["ovrl_mos"])
+            except Exception as e:  # noqa: BLE001
+                errors["dnsmos_ovrl"] = describe(e)
+
+    if "plcmos" in metrics:
+        try:
+            import numpy as np
+            from speechmos import plcmos
+        except Exception as e:  # noqa: BLE001
+            errors["plcmos"] = f"speechmos package unavailable ({describe(e)})"
+        else:
+            try:
+                # PLCMOS draws its rater embeddings from numpy's global generator.
+                np.random.seed(0)
+                x = np.clip(deg, -1.0, 1.0).astype("float32")
+                out["plcmos"] = finite_or_none(plcmos.run(x, SAMPLE_RATE)["plcmos"])
+            except Exception as e:  # noqa: BLE001
+                errors["plcmos"] = describe(e)
     return out
 
 
@@ -139,6 +171,14 @@ def _visqol_api(cls):
 
 
 def main(argv):
+    metrics = DEFAULT_METRICS
+    if len(argv) >= 3 and argv[1] == "--metrics":
+        metrics = tuple(m.strip() for m in argv[2].split(",") if m.strip())
+        unknown = [m for m in metrics if m not in ALL_METRICS]
+        if unknown or not metrics:
+            print(f"--metrics: unknown {unknown}; choose from {', '.join(ALL_METRICS)}", file=sys.stderr)
+            return 2
+        argv = argv[:1] + argv[3:]
     if len(argv) == 3 and argv[1] == "--pairs":
         with open(argv[2], encoding="utf-8") as f:
             pairs = [line.rstrip("\n").split("\t") for line in f if line.strip()]
@@ -148,11 +188,14 @@ def main(argv):
     elif len(argv) == 3:
         pairs = [(argv[1], argv[2])]
     else:
-        print(f"usage: {argv[0]} REF.wav DEG.wav | --pairs LIST.tsv  (16 kHz mono, delay-aligned)", file=sys.stderr)
+        print(
+            f"usage: {argv[0]} [--metrics a,b] REF.wav DEG.wav | [--metrics a,b] --pairs LIST.tsv  (16 kHz mono, delay-aligned)",
+            file=sys.stderr,
+        )
         return 2
     for ref, deg in pairs:
         with contextlib.redirect_stdout(sys.stderr):
-            result = evaluate(ref, deg)
+            result = evaluate(ref, deg, metrics)
         print(json.dumps(result), flush=True)
     return 0
 

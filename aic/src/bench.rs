@@ -145,7 +145,7 @@ pub fn parse_point(s: &str) -> Result<OperatingPoint> {
     Ok(OperatingPoint::BitrateBps(v))
 }
 
-fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for p in inputs {
         if p.is_dir() {
@@ -384,9 +384,11 @@ pub fn table(rep: &Report) -> String {
 
 /// The optional Python evaluator (`scripts/eval_quality.py`) for PESQ-WB and ViSQOL. Pairs are
 /// written as WAV files during the bench and scored in one run of the script at the end, so its
-/// start-up (loading ViSQOL's model) is paid once.
-struct Evaluator {
-    python: PathBuf,
+/// start-up (loading ViSQOL's model) is paid once. `aic bench loss` uses it too, asking for
+/// PLCMOS and DNSMOS only.
+pub(crate) struct Evaluator {
+    /// The venv's Python when there is one (`scripts/setup.sh` makes it), else `python3`.
+    pub(crate) python: PathBuf,
     script: PathBuf,
     dir: PathBuf,
     /// (row, clip, reference path, degraded path)
@@ -394,7 +396,7 @@ struct Evaluator {
 }
 
 impl Evaluator {
-    fn find(notes: &mut Vec<String>) -> Option<Self> {
+    pub(crate) fn find(notes: &mut Vec<String>) -> Option<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let script = std::env::var_os("AIC_EVAL_SCRIPT")
             .map(PathBuf::from)
@@ -429,7 +431,7 @@ impl Evaluator {
         })
     }
 
-    fn add(&mut self, row: usize, clip: usize, r: &[f32], o: &[f32]) -> Result<()> {
+    pub(crate) fn add(&mut self, row: usize, clip: usize, r: &[f32], o: &[f32]) -> Result<()> {
         let rp = self.dir.join(format!("ref-{clip}.wav"));
         if !rp.exists() {
             crate::audio::write_wav(&rp, r, EVAL_RATE)?;
@@ -440,7 +442,9 @@ impl Evaluator {
         Ok(())
     }
 
-    fn run(&self) -> Result<Vec<serde_json::Value>> {
+    /// One JSON object per pair, in order. `metrics`: the evaluator's `--metrics` (default:
+    /// PESQ-WB, ViSQOL, DNSMOS).
+    pub(crate) fn run(&self, metrics: Option<&str>) -> Result<Vec<serde_json::Value>> {
         let list = self.dir.join("pairs.tsv");
         let text: String = self
             .pairs
@@ -448,8 +452,12 @@ impl Evaluator {
             .map(|(_, _, r, o)| format!("{}\t{}\n", r.display(), o.display()))
             .collect();
         std::fs::write(&list, text)?;
-        let out = Command::new(&self.python)
-            .arg(&self.script)
+        let mut cmd = Command::new(&self.python);
+        cmd.arg(&self.script);
+        if let Some(m) = metrics {
+            cmd.arg("--metrics").arg(m);
+        }
+        let out = cmd
             .arg("--pairs")
             .arg(&list)
             .output()
@@ -481,7 +489,7 @@ impl Evaluator {
     /// Scores every pair and fills the rows' PESQ-WB/ViSQOL means (a row gets a value only when
     /// every clip was scored).
     fn finish(self, rows: &mut [Row], notes: &mut Vec<String>) {
-        let results = match self.run() {
+        let results = match self.run(None) {
             Ok(r) => r,
             Err(e) => {
                 notes.push(format!(

@@ -9,6 +9,7 @@ mod external;
 mod grpc_bench;
 mod janus;
 mod load;
+mod loss_bench;
 mod opens;
 mod plot;
 mod soak;
@@ -165,6 +166,9 @@ struct BenchArgs {
 
 #[derive(Subcommand)]
 enum BenchSub {
+    /// Concealment under packet loss: AIC's vs repeat-last-frame, Opus PLC, Opus in-band FEC and
+    /// libopus' deep PLC, at random and bursty loss; PLCMOS v2, DNSMOS, STOI.
+    Loss(loss_bench::LossArgs),
     /// Concurrent real-time EncodeStream sessions against `aic serve` on loopback, next to the
     /// same streams in process: the gRPC overhead as a ratio.
     Grpc {
@@ -640,6 +644,10 @@ fn run(cli: Cli) -> Result<()> {
                     .with_context(|| format!("cannot write {}", p.display()))?;
             }
         }
+        Cmd::Bench(BenchArgs {
+            sub: Some(BenchSub::Loss(a)),
+            ..
+        }) => loss_bench::main(&reg, &a)?,
         Cmd::Bench(BenchArgs {
             sub: None,
             inputs,

@@ -115,8 +115,7 @@ async fn one(mut c: CodecServiceClient<tonic::transport::Channel>, key: String) 
 
 pub fn run(o: Options) -> Result<Report> {
     let total = (o.rate * o.duration.as_secs_f64()).round() as u64;
-    if o.keys.is_empty() || !(0.1..=5_000.0).contains(&o.rate) || !(1..=100_000).contains(&total)
-    {
+    if o.keys.is_empty() || !(0.1..=5_000.0).contains(&o.rate) || !(1..=100_000).contains(&total) {
         bail!("need keys, a rate in 0.1..=5000/s and rate × duration in 1..=100000 sessions");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -19,7 +19,8 @@ cargo test --workspace --all-targets --locked 2>&1 | tee -a "$log"
 cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 if [ "${CI:-}" = "true" ]; then
   # A skip must never pass in CI: the real-SFU test prints this line only when it really ran.
-  for t in speech_goes_through_janus_and_aic speech_survives_loss_between_janus_and_bridge; do
+  for t in speech_goes_through_janus_and_aic speech_survives_loss_between_janus_and_bridge \
+           speech_survives_jitter_between_janus_and_bridge; do
     grep -q "janus: $t ran against a real Janus" "$log" \
       || { echo "the real-Janus test $t did not run (CI=true)" >&2; exit 1; }
   done

@@ -3,9 +3,16 @@
 
   publish   ROOM WAV            join ROOM as a publisher and send WAV (looped, paced in real
                                 time) as Opus; prints "PUBLISHER <id>" once Janus answered
-  subscribe MOUNTPOINT OUT SECS watch a Streaming mountpoint, record what arrives as 16 kHz mono
+  subscribe MOUNTPOINT OUT SECS [ROOM FEED DIRECT_OUT]
+                                watch a Streaming mountpoint, record what arrives as 16 kHz mono
                                 WAV to OUT for SECS seconds after the first packet; prints
-                                "STATS {json}" (RTP packets, sequence gaps) at the end
+                                "STATS {json}" (RTP packets, sequence gaps) at the end. With
+                                ROOM FEED DIRECT_OUT, the same process first subscribes to the
+                                publisher FEED straight from the VideoRoom (the path without
+                                AIC) and records it to DIRECT_OUT; both subscriptions then also
+                                write OUT.arrivals.json / DIRECT_OUT.arrivals.json: the sequence
+                                number and arrival time of every RTP packet, on one clock
+                                (time.monotonic() of this process), for the signal latency
 
 Signalling is the Janus HTTP API on 127.0.0.1:8088; ICE runs on 127.0.0.2 (a veth inside the
 test's network namespace: Janus and libnice skip loopback interfaces).
@@ -86,8 +93,8 @@ class Janus:
         return self.post("%s/%d/%d" % (URL, self.session, handle), msg)
 
 
-def make_webrtcbin(pipe):
-    w = Gst.ElementFactory.make("webrtcbin", "w")
+def make_webrtcbin(pipe, name="w"):
+    w = Gst.ElementFactory.make("webrtcbin", name)
     w.set_property("bundle-policy", GstWebRTC.WebRTCBundlePolicy.MAX_BUNDLE)
     # The ICE agent is left as it is: reading `ice-agent` from Python drops a reference
     # webrtcbin still needs (GStreamer 1.22). Inside the test's namespace nothing leaves anyway.
@@ -189,65 +196,100 @@ def set_remote(w, kind, text):
     call(w, "set-remote-description", desc(kind, text))
 
 
-def subscribe(mountpoint, out, secs):
-    Gst.init(None)
-    janus = Janus()
-    h = janus.attach("janus.plugin.streaming")
-    pipe = Gst.Pipeline.new("sub")
-    w = make_webrtcbin(pipe)
-    stats = {"packets": 0, "gaps": 0, "lost": 0, "reordered": 0, "first": None}
-    last = {"seq": None}
-    done = threading.Event()
+class Receiver:
+    """One subscription (one webrtcbin) inside a shared pipeline: RTP statistics, the arrival
+    time of every RTP packet (time.monotonic(), the one clock of this process) and the audio,
+    Opus-decoded and written as 16 kHz mono WAV to `out`."""
 
-    def on_rtp(pad, info):
+    def __init__(self, pipe, janus, handle, name, out):
+        self.pipe, self.janus, self.handle, self.out = pipe, janus, handle, out
+        self.stats = {"packets": 0, "gaps": 0, "lost": 0, "reordered": 0}
+        self.first = None
+        self.last_seq = None
+        # (sequence number, arrival) per RTP packet, in the order they left webrtcbin.
+        self.arrivals = []
+        self.w = make_webrtcbin(pipe, name)
+        self.w.connect("pad-added", self.on_pad)
+
+    def on_rtp(self, pad, info):
+        now = time.monotonic()
         buf = info.get_buffer()
         ok, m = buf.map(Gst.MapFlags.READ)
         if ok:
             data = bytes(m.data[:4])
             buf.unmap(m)
             seq = (data[2] << 8) | data[3]
-            stats["packets"] += 1
-            if stats["first"] is None:
-                stats["first"] = time.time()
-            if last["seq"] is not None:
-                d = (seq - last["seq"]) & 0xFFFF
+            self.stats["packets"] += 1
+            self.arrivals.append((seq, now))
+            if self.first is None:
+                self.first = now
+            if self.last_seq is not None:
+                d = (seq - self.last_seq) & 0xFFFF
                 if d == 0 or d > 0x8000:
-                    stats["reordered"] += 1
+                    self.stats["reordered"] += 1
                 elif d > 1:
-                    stats["gaps"] += 1
-                    stats["lost"] += d - 1
-            last["seq"] = seq
+                    self.stats["gaps"] += 1
+                    self.stats["lost"] += d - 1
+            self.last_seq = seq
         return Gst.PadProbeReturn.OK
 
-    def on_pad(_w, pad):
+    def on_pad(self, _w, pad):
         if pad.get_direction() != Gst.PadDirection.SRC:
             return
-        pad.add_probe(Gst.PadProbeType.BUFFER, on_rtp)
+        pad.add_probe(Gst.PadProbeType.BUFFER, self.on_rtp)
         bin_ = Gst.parse_bin_from_description(
             "rtpopusdepay ! opusdec plc=true ! audioconvert ! audioresample ! "
-            "audio/x-raw,rate=16000,channels=1,format=S16LE ! wavenc ! filesink location=%s" % out,
+            "audio/x-raw,rate=16000,channels=1,format=S16LE ! wavenc ! filesink location=%s"
+            % self.out,
             True,
         )
-        pipe.add(bin_)
+        self.pipe.add(bin_)
         bin_.sync_state_with_parent()
         pad.link(bin_.get_static_pad("sink"))
 
-    w.connect("pad-added", on_pad)
+    def negotiate(self, request):
+        """Sends `request` (watch / join as subscriber); Janus offers, webrtcbin answers."""
+        self.janus.message(self.handle, request)
+        ev = self.janus.wait_event(
+            lambda e: e.get("sender") == self.handle and e.get("jsep", {}).get("type") == "offer"
+        )
+        set_remote(self.w, "offer", ev["jsep"]["sdp"])
+        answer = call(self.w, "create-answer", None, "answer")
+        call(self.w, "set-local-description", desc("answer", answer))
+        wait_gathered(self.w)
+        sdp = self.w.get_property("local-description").sdp.as_text()
+        self.janus.message(self.handle, {"request": "start"}, {"type": "answer", "sdp": sdp})
+
+    def write_arrivals(self):
+        with open(self.out + ".arrivals.json", "w") as f:
+            json.dump({"seq": [s for s, _ in self.arrivals], "t": [t for _, t in self.arrivals]}, f)
+
+
+def subscribe(mountpoint, out, secs, direct=None):
+    """`direct` = (room, feed, out2): also subscribe, in the same pipeline and before the
+    mountpoint, to the publisher `feed` straight from the VideoRoom, recorded to out2."""
+    Gst.init(None)
+    janus = Janus()
+    pipe = Gst.Pipeline.new("sub")
+    d = None
+    if direct:
+        room, feed, out2 = direct
+        d = Receiver(pipe, janus, janus.attach("janus.plugin.videoroom"), "direct", out2)
+    r = Receiver(pipe, janus, janus.attach("janus.plugin.streaming"), "mountpoint", out)
     pipe.set_state(Gst.State.PLAYING)
-    janus.message(h, {"request": "watch", "id": mountpoint})
-    ev = janus.wait_event(lambda e: e.get("jsep", {}).get("type") == "offer")
-    set_remote(w, "offer", ev["jsep"]["sdp"])
-    answer = call(w, "create-answer", None, "answer")
-    call(w, "set-local-description", desc("answer", answer))
-    wait_gathered(w)
-    sdp = w.get_property("local-description").sdp.as_text()
-    janus.message(h, {"request": "start"}, {"type": "answer", "sdp": sdp})
+    if d:
+        d.negotiate(
+            {"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}
+        )
+        log("subscriber: direct subscription to feed %d started" % feed)
+    r.negotiate({"request": "watch", "id": mountpoint})
     log("subscriber: started")
+    done = threading.Event()
 
     def stopper():
         end = time.time() + secs + 20
         while time.time() < end:
-            if stats["first"] and time.time() - stats["first"] >= secs:
+            if r.first and time.monotonic() - r.first >= secs:
                 break
             time.sleep(0.1)
         pipe.send_event(Gst.Event.new_eos())
@@ -258,14 +300,24 @@ def subscribe(mountpoint, out, secs):
     done.wait()
     bus.timed_pop_filtered(5 * Gst.SECOND, Gst.MessageType.EOS | Gst.MessageType.ERROR)
     pipe.set_state(Gst.State.NULL)
-    stats["first"] = None
+    stats = dict(r.stats)
+    if d:
+        stats["direct"] = d.stats
+        d.write_arrivals()
+        r.write_arrivals()
     print("STATS %s" % json.dumps(stats), flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "publish":
         publish(int(sys.argv[2]), sys.argv[3])
-    elif sys.argv[1] == "subscribe":
+    elif sys.argv[1] == "subscribe" and len(sys.argv) == 5:
         subscribe(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+    elif sys.argv[1] == "subscribe" and len(sys.argv) == 8:
+        direct = (int(sys.argv[5]), int(sys.argv[6]), sys.argv[7])
+        subscribe(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), direct)
     else:
-        sys.exit("usage: webrtc_client.py publish ROOM WAV | subscribe MOUNTPOINT OUT SECS")
+        sys.exit(
+            "usage: webrtc_client.py publish ROOM WAV | subscribe MOUNTPOINT OUT SECS "
+            "[ROOM FEED DIRECT_OUT]"
+        )

@@ -35,8 +35,25 @@ use crate::transcode;
 const SLOT: usize = 320;
 /// Realisations of the Gilbert–Elliott chain tried to hit the exact loss count.
 const MAX_TRIES: usize = 20_000;
-/// What the evaluator is asked for.
-const PY_METRICS: &str = "plcmos,dnsmos_ovrl";
+
+/// What the Python evaluator scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Score {
+    /// PLCMOS v2 (about 1 s of CPU per clip).
+    Plcmos,
+    /// DNSMOS P.835 OVRL (several seconds per clip: it loops a short clip to 9 s windows).
+    Dnsmos,
+}
+
+impl Score {
+    /// The evaluator's name for it (`scripts/eval_quality.py --metrics`).
+    fn key(self) -> &'static str {
+        match self {
+            Score::Plcmos => "plcmos",
+            Score::Dnsmos => "dnsmos_ovrl",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,6 +158,14 @@ pub struct LossArgs {
     /// Write the table as tab-separated values here.
     #[arg(long)]
     pub tsv: Option<PathBuf>,
+    /// What the Python evaluator scores, comma separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "plcmos,dnsmos"
+    )]
+    pub scores: Vec<Score>,
     /// Skip the Python evaluator (PLCMOS, DNSMOS).
     #[arg(long)]
     pub no_external: bool,
@@ -577,6 +602,9 @@ pub fn run(reg: &CodecRegistry, args: &LossArgs) -> Result<Report> {
     let mut acc = vec![Acc::default(); specs.len()];
     let mut masks = Vec::new();
     let mut ev = evaluator(args.no_external, &mut notes);
+    if !args.scores.contains(&Score::Dnsmos) {
+        notes.push("DNSMOS not computed (not in --scores)".into());
+    }
     let mut pair_rows = Vec::new();
     let mut aic_model = None;
 
@@ -680,11 +708,13 @@ pub fn run(reg: &CodecRegistry, args: &LossArgs) -> Result<Report> {
     }
 
     if let Some(ev) = ev {
+        let keys: Vec<&str> = args.scores.iter().map(|s| s.key()).collect();
         eprintln!(
-            "  scoring PLCMOS and DNSMOS ({} clips) ...",
+            "  scoring {} ({} clips) ...",
+            keys.join(", "),
             pair_rows.len()
         );
-        match ev.run(Some(PY_METRICS)) {
+        match ev.run(Some(&keys.join(","))) {
             Err(e) => notes.push(format!(
                 "PLCMOS/DNSMOS not computed: evaluator failed: {e:#}"
             )),

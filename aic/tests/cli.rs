@@ -497,3 +497,118 @@ fn bench_grpc_compares_the_service_with_in_process() {
     assert_eq!(r["in_process"]["frames_pushed"], 100);
     assert!(r["p99_ratio"].as_f64().unwrap() > 0.0);
 }
+
+/// `aic bench loss` on one clip at 10 %: every method's rows, exactly 10 % of the clip's 20 ms
+/// slots lost and the same slots for every method (and for a seed), FEC really used by the
+/// 24 kbps Opus, and PLCMOS/DNSMOS scored when the project's venv is here.
+#[test]
+fn bench_loss_scores_concealment_on_the_same_lost_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("loss.json");
+    let tsv = dir.path().join("loss.tsv");
+    let clip = fixture("en_f_confbridge.wav");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "loss",
+            clip.to_str().unwrap(),
+            "--rates",
+            "10",
+            "--opus-bitrate",
+            "24k",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = aic(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rep: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        (String::from_utf8_lossy(&o.stdout).into_owned(), rep)
+    };
+    // PLCMOS only: DNSMOS costs several seconds of CPU per clip.
+    let (table, rep) = run(&[
+        "--seed",
+        "3",
+        "--scores",
+        "plcmos",
+        "--tsv",
+        tsv.to_str().unwrap(),
+    ]);
+    for col in ["PLCMOS", "DNSMOS", "STOI"] {
+        assert!(table.contains(col), "{table}");
+    }
+    let rows = rep["rows"].as_array().unwrap();
+    let key = |r: &serde_json::Value| {
+        format!(
+            "{} {} {}",
+            r["pattern"].as_str().unwrap(),
+            r["method"].as_str().unwrap(),
+            r["point"].as_str().unwrap()
+        )
+    };
+    let keys: Vec<String> = rows.iter().map(key).collect();
+    let mut want = vec![
+        "none original -".to_owned(),
+        "none aic L6".into(),
+        "none opus 24k".into(),
+        "none opus-osce 24k".into(),
+    ];
+    for p in ["random", "bursty"] {
+        for m in [
+            "aic L6",
+            "aic-repeat L6",
+            "opus 24k",
+            "opus-fec 24k",
+            "opus-osce 24k",
+        ] {
+            want.push(format!("{p} {m}"));
+        }
+    }
+    assert_eq!(keys, want, "{table}");
+    assert_eq!(
+        std::fs::read_to_string(&tsv).unwrap().lines().count(),
+        rows.len() + 1
+    );
+
+    let (x, sr) = read_wav(&clip);
+    assert_eq!(sr, 16_000);
+    let frames = x.len().div_ceil(320) as u64;
+    let expected = (0.10 * frames as f64).round() as u64;
+    for r in rows {
+        assert_eq!(r["frames"], frames, "{r}");
+        let lost = if r["pattern"] == "none" { 0 } else { expected };
+        assert_eq!(r["lost_frames"], lost, "{r}");
+        if r["method"] == "opus-fec" {
+            assert!(r["fec_frames"].as_u64().unwrap() > 0, "no FEC used: {r}");
+        }
+    }
+    let masks = rep["masks"].clone();
+    for m in masks.as_array().unwrap() {
+        let lost: Vec<u64> = m["lost"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap())
+            .collect();
+        assert_eq!(lost.len() as u64, expected, "{m}");
+        assert!(lost.windows(2).all(|w| w[0] < w[1]) && lost[lost.len() - 1] < frames);
+    }
+    let (_, again) = run(&["--seed", "3", "--methods", "opus", "--no-external"]);
+    assert_eq!(again["masks"], masks, "same seed, same lost slots");
+    let (_, other) = run(&["--seed", "4", "--methods", "opus", "--no-external"]);
+    assert_ne!(other["masks"], masks, "another seed, other slots");
+
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if venv.exists() {
+        for r in rows {
+            let p = r["plcmos"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no PLCMOS: {r}"));
+            assert!((1.0..=5.0).contains(&p), "{r}");
+        }
+    } else {
+        eprintln!("PLCMOS not checked: no .venv (bash scripts/setup.sh makes it)");
+        assert!(table.contains("no Python venv"), "{table}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The batcher's own cost per step, without the model: push a frame for every stream, close the
 //! batch, complete it (gather, scatter, RVQ search + entropy coding for encode batches; frame
-//! parsing + codeword sums for decode batches). Needs the shipped model (its codebooks and
+//! parsing + codeword sums for decode batches; both for transcode). Needs the shipped model (its codebooks and
 //! entropy tables) and ONNX Runtime (`scripts/setup.sh`), though the graphs are not run.
 
 use std::sync::Arc;
@@ -39,6 +39,34 @@ fn bench_engine(c: &mut Criterion) {
                 };
                 e.complete(now, batch, Ok::<(), String>(()));
                 while e.pop_output().is_some() {}
+                now += Duration::from_millis(20);
+            })
+        });
+        let mut tr = Engine::new(
+            model.clone(),
+            EngineConfig {
+                max_batch: streams,
+                ..Default::default()
+            },
+        );
+        let tids: Vec<_> = (0..streams)
+            .map(|_| tr.open(StreamConfig::transcode(12)).unwrap())
+            .collect();
+        // Transcode: an encoder batch then a decoder batch per frame, outputs recycled.
+        g.bench_function(format!("transcode_{streams}"), |b| {
+            b.iter(|| {
+                for &id in &tids {
+                    tr.push_pcm(now, id, &pcm).unwrap();
+                }
+                for _ in 0..2 {
+                    let Poll::Run(batch) = tr.poll(now) else {
+                        panic!("full batch expected")
+                    };
+                    tr.complete(now, batch, Ok::<(), String>(()));
+                }
+                while let Some(o) = tr.pop_output() {
+                    tr.recycle(o);
+                }
                 now += Duration::from_millis(20);
             })
         });

@@ -2,6 +2,40 @@
 //! clock, and talks to streams over channels. All decisions stay in the engine; this module only
 //! moves frames in and outputs out, and sleeps exactly until the engine's next deadline (no
 //! polling loop).
+//!
+//! # Transcode streams (one hop in, one hop out)
+//!
+//! A service that needs both the AIC frames of a microphone and what they sound like after
+//! decoding (the SFU bridge forwards the first and hands the second back to the SFU) opens one
+//! stream:
+//!
+//! ```no_run
+//! # use aic_pipeline::driver::Pipeline;
+//! # use aic_pipeline::engine::{Payload, StreamConfig};
+//! # fn f(p: &Pipeline, frames: impl Iterator<Item = Vec<f32>>) {
+//! let (tx, rx) = p.open(StreamConfig::transcode(6)).unwrap().split();
+//! for pcm in frames {
+//!     tx.push_pcm(pcm).unwrap(); // 320 samples at 16 kHz
+//! }
+//! while let Ok(o) = rx.recv() {
+//!     let (bytes, fallback) = match &o.payload {
+//!         Payload::Aic(b) => (b, false),
+//!         Payload::OpusFallback(b) => (b, true), // deadline missed: this frame is Opus
+//!         _ => unreachable!("transcode outputs carry a frame"),
+//!     };
+//!     // `o.decoded`: the frame's 16 kHz PCM (AIC decoder, or libopus for a fallback frame).
+//!     // ... forward `bytes` / `fallback`, play or hand back `o.decoded` ...
+//!     # let _ = (bytes, fallback);
+//!     tx.recycle(o); // optional: its vectors are reused, nothing is allocated per frame
+//! }
+//! # }
+//! ```
+//!
+//! Per frame that is one message in (`push_pcm`) and one out (the [`Output`]), plus the
+//! optional recycling message; both model calls, the RVQ search, the range coder and the Opus
+//! fallback happen on the worker, inside the engine, under the stream's one latency budget.
+//! A transcode stream's outputs come in input order (`seq`); for the other kinds they come in
+//! completion order (a frame may fall back while its predecessor is still in the model).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +84,7 @@ enum Cmd {
     Close(StreamId),
     Pcm(StreamId, Instant, Vec<f32>),
     Aic(StreamId, Instant, Option<Vec<u8>>),
+    Recycle(Output),
     Metrics(SyncSender<PipelineMetrics>),
     Shutdown,
 }
@@ -98,6 +133,8 @@ pub struct StreamSender {
 }
 
 impl StreamSender {
+    /// Queues one PCM frame (encode and transcode streams). The vector is kept for later
+    /// outputs.
     pub fn push_pcm(&self, pcm: Vec<f32>) -> Result<(), Closed> {
         self.tx
             .send(Cmd::Pcm(self.local, Instant::now(), pcm))
@@ -107,6 +144,10 @@ impl StreamSender {
         self.tx
             .send(Cmd::Aic(self.local, Instant::now(), frame))
             .map_err(|_| Closed)
+    }
+    /// Hands a spent output back so that its vectors carry later outputs (optional).
+    pub fn recycle(&self, o: Output) {
+        let _ = self.tx.send(Cmd::Recycle(o));
     }
 }
 
@@ -123,6 +164,9 @@ impl StreamHandle {
     }
     pub fn push_aic(&self, frame: Option<Vec<u8>>) -> Result<(), Closed> {
         self.sender.push_aic(frame)
+    }
+    pub fn recycle(&self, o: Output) {
+        self.sender.recycle(o)
     }
     /// Separates pushing from receiving, for callers that do them on different threads. The
     /// receiver ends (returns `Err`) once the stream is closed and drained.
@@ -348,12 +392,14 @@ impl Worker {
                 if self.engine.push_pcm(at, id, &pcm).is_err() {
                     self.engine.metrics.rejected_frames += 1;
                 }
+                self.engine.recycle_pcm(pcm);
             }
             Cmd::Aic(id, at, frame) => {
                 if self.engine.push_aic(at, id, frame.as_deref()).is_err() {
                     self.engine.metrics.rejected_frames += 1;
                 }
             }
+            Cmd::Recycle(o) => self.engine.recycle(o),
             Cmd::Metrics(reply) => {
                 let _ = reply.send(self.engine.metrics.clone());
             }

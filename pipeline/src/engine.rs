@@ -19,7 +19,8 @@
 //!   A frame goes through an encoder batch, then a decoder batch (in the same `poll` round when
 //!   the backend is fast), under **one** deadline: the encoder stage is only started when the
 //!   estimated encoder + decoder time still fits the frame's budget. A stream's next frame
-//!   enters the encoder once the previous one has left the decoder, so outputs stay in order.
+//!   enters the encoder (or falls back) once the previous one has left the decoder, so its
+//!   outputs, and the packets its Opus fallback codes and decodes, stay in order.
 //!
 //! A frame that can no longer meet its deadline — overload, a backend error, no model — **falls
 //! back**: an encode or transcode stream sends that frame as Opus (a transcode stream also
@@ -39,8 +40,9 @@
 //! **Allocation.** Batch tensors are gathered into and scattered from buffers allocated once;
 //! the vectors inside [`Output`]s come from pools that [`Engine::recycle`] (spent outputs) and
 //! [`Engine::recycle_pcm`] / [`Engine::recycle_bytes`] (the caller's input vectors) refill. A
-//! caller that recycles allocates nothing per frame in the steady state (tested with a counting
-//! allocator); one that does not just gets fresh vectors.
+//! caller that recycles allocates nothing per frame in the steady state on the engine's side
+//! (by construction; not measured by a test: the workspace denies the `unsafe` a counting
+//! allocator needs); one that does not just gets fresh vectors.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -281,6 +283,9 @@ struct Slot {
     /// has run). The stream's next frame waits until it has left.
     held: Option<Pending>,
     coded: bool,
+    /// Transcode: the held frame went through the encoder in a probe batch; its decoder batch
+    /// is a probe too (so that the probe measures both calls and its frame is not wasted).
+    probing: bool,
     /// Decode and transcode: the last PCM output (for the model-free fade).
     last_pcm: Vec<f32>,
     /// Decode: the last latent received, and how many frames in a row were concealed since.
@@ -433,6 +438,7 @@ impl Engine {
                 counter: 0,
                 held: None,
                 coded: false,
+                probing: false,
                 last_pcm: vec![0.0; frame],
                 received: vec![0.0; latent],
                 lost_run: 0,
@@ -560,6 +566,7 @@ impl Engine {
             s.free.push(p);
         }
         s.coded = false;
+        s.probing = false;
     }
 
     /// Ends a stream: queued frames are discarded, an in-flight result will be dropped.
@@ -719,22 +726,22 @@ impl Engine {
             // Frames that would miss their deadline even in a batch of one fall back now --
             // unless the model has not run for a probe interval: then one batch re-measures it.
             let probe = self.last_run[gi(g)]
-                .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.probe_interval);
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.probe_interval)
+                || (g == Graph::Decoder
+                    && self
+                        .slots
+                        .iter()
+                        .any(|s| s.probing && !s.in_flight && s.front(g).is_some()));
             for idx in 0..self.slots.len() {
                 if probe {
                     break;
                 }
                 loop {
                     let s = &self.slots[idx];
-                    // A transcode frame waiting behind its predecessor is checked too: its
-                    // deadline does not wait.
-                    let p = match (s.cfg.direction, g) {
-                        (Direction::Transcode, Graph::Encoder) if s.stream.is_some() => {
-                            s.queue.front()
-                        }
-                        _ if s.in_flight => None,
-                        _ => s.front(g),
-                    };
+                    // A frame in flight is the backend's; a transcode frame waiting behind its
+                    // predecessor waits for it, so that a transcode stream's outputs (and the
+                    // frames its Opus encoder and decoder see) stay in order.
+                    let p = if s.in_flight { None } else { s.front(g) };
                     let due = p.is_some_and(|p| now + self.time_ahead(idx, g, 1) > p.deadline);
                     if !due {
                         break;
@@ -764,9 +771,8 @@ impl Engine {
                 .min(latest_start.expect("non-empty"));
             let waiting = self.waiting_streams(g);
             if probe || n >= self.cfg.max_batch || now >= close_at || waiting == ready.len() {
-                let mut b = self.take_batch(now, g, &ready);
+                let b = self.take_batch(now, g, &ready, probe);
                 self.ready_scratch = ready;
-                b.probe = probe;
                 self.last_run[gi(g)] = Some(now);
                 return Poll::Run(b);
             }
@@ -815,11 +821,11 @@ impl Engine {
             .count()
     }
 
-    fn take_batch(&mut self, now: Instant, g: Graph, ready: &[usize]) -> Batch {
+    fn take_batch(&mut self, now: Instant, g: Graph, ready: &[usize], probe: bool) -> Batch {
         let mut b = self.spare[gi(g)].take().expect("checked by poll");
         b.members.clear();
         b.started = now;
-        b.probe = false;
+        b.probe = probe;
         let (inw, sw) = match g {
             Graph::Encoder => (self.frame, self.state_width[0]),
             Graph::Decoder => (self.latent, self.state_width[1]),
@@ -842,6 +848,7 @@ impl Engine {
                     let r = (p.seq, p.arrived);
                     s.held = Some(p);
                     s.coded = false;
+                    s.probing = probe;
                     r
                 }
                 (Direction::Transcode, Graph::Decoder) => {
@@ -1014,6 +1021,7 @@ impl Engine {
                     s.counter = s.counter.wrapping_add(1) & 3;
                     let mut p = s.held.take().expect("transcode frame held");
                     s.coded = false;
+                    s.probing = false;
                     let mut frame = self.take_bytes();
                     std::mem::swap(&mut frame, &mut p.bytes);
                     self.slots[m.slot].free.push(p);
@@ -1077,6 +1085,7 @@ impl Engine {
         let p = match (s.cfg.direction, g) {
             (Direction::Transcode, Graph::Decoder) => {
                 s.coded = false;
+                s.probing = false;
                 s.held.take()
             }
             _ => s.queue.pop_front(),
@@ -1107,6 +1116,7 @@ impl Engine {
         let direction = self.slots[idx].cfg.direction;
         let held = if pcm.is_none() && direction == Direction::Transcode {
             self.slots[idx].coded = false;
+            self.slots[idx].probing = false;
             self.slots[idx].held.take()
         } else {
             None

@@ -167,16 +167,21 @@ impl Ingest {
     /// One RTP packet as received at `now`. Malformed packets are an error (and counted);
     /// everything else is an [`Accepted`] verdict.
     pub fn push(&mut self, now: Instant, packet: &[u8]) -> Result<Accepted, MediaError> {
-        let p = match RtpPacket::parse(packet) {
-            Ok(p) => p,
+        match RtpPacket::parse(packet) {
+            Ok(p) => Ok(self.push_packet(now, &p)),
             Err(e) => {
                 self.stats.malformed += 1;
-                return Err(e.into());
+                Err(e.into())
             }
-        };
+        }
+    }
+
+    /// One RTP packet the caller already parsed (it looked at the header too: parse once).
+    /// The caller counts the datagrams that did not parse ([`IngestStats::malformed`]).
+    pub fn push_packet(&mut self, now: Instant, p: &RtpPacket<'_>) -> Accepted {
         if self.cfg.payload_type.is_some_and(|pt| pt != p.payload_type) {
             self.stats.wrong_payload_type += 1;
-            return Ok(Accepted::WrongPayloadType);
+            return Accepted::WrongPayloadType;
         }
         match self.ssrc {
             None => self.ssrc = Some(p.ssrc),
@@ -189,7 +194,7 @@ impl Ingest {
                 self.candidate = Some((p.ssrc, n));
                 if n < SSRC_SWITCH_AFTER {
                     self.stats.foreign_ssrc += 1;
-                    return Ok(Accepted::ForeignSsrc);
+                    return Accepted::ForeignSsrc;
                 }
                 // The publisher's source changed for good: start a new timeline. Frame indices
                 // keep counting so the stream downstream stays one stream.
@@ -219,7 +224,7 @@ impl Ingest {
                 Accepted::Overflow
             }
         };
-        Ok(verdict)
+        verdict
     }
 
     /// When the next frame is due (the driver sleeps until then); None before the first packet.

@@ -11,6 +11,9 @@
 //! * [`ingest`] — RTP in → jitter buffer → Opus decode to 16 kHz with FEC/PLC, one frame per
 //!   20 ms slot.
 //! * [`egress`] — frames out as Opus RTP (legacy receivers) and AIC RTP with frame metadata.
+//! * [`session`] — one bridged stream's media logic (RTP in → ingest → frames to the pipeline;
+//!   the pipeline's frames → Opus/AIC RTP out; receiver statistics, latency histograms) as a
+//!   `handle_input`/`poll_output` state machine fed `now`.
 //! * [`rtcp`] — RTCP sender/receiver reports (RFC 3550 §6.4): zero-copy compound parsing,
 //!   writing, and the receiver-statistics state machine (loss, jitter, LSR/DLSR) fed `now`.
 //! * [`shm`] — single-producer single-consumer rings of fixed-size slots in a sealed memfd,
@@ -27,4 +30,5 @@ pub mod link;
 pub mod media;
 pub mod rtcp;
 pub mod rtp;
+pub mod session;
 pub mod shm;

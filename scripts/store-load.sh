@@ -16,19 +16,19 @@ aic=target/release/aic
 data=$(mktemp -d); log="$data/serve.log"
 pid=
 . scripts/pg-cluster.sh
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; pg_cluster_stop; rm -rf "$data"; }
+cleanup() { set +e; [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; pg_cluster_stop; rm -rf "$data"; }
 trap cleanup EXIT
 case "$store" in
   postgres) pg_cluster_start; url="$PG_URL" ;;
   sqlite) url="" ;;
   *) echo "store-load: the store is postgres or sqlite" >&2; exit 2 ;;
 esac
-AIC_DATA_DIR="$data" ${url:+AIC_STORE_URL="$url"} "$aic" serve --listen 127.0.0.1:0 \
+env AIC_DATA_DIR="$data" ${url:+AIC_STORE_URL="$url"} "$aic" serve --listen 127.0.0.1:0 \
   --metrics-listen off --max-streams 256 --tenant-slot-share 1 \
   --key-cache-ttl-secs 1 --meter-flush-secs 1 2> "$log" & pid=$!
 for _ in $(seq 300); do grep -q "listening on" "$log" && break; sleep 0.1; done
 addr=$(grep -o 'listening on [0-9.:]*' "$log" | head -n1 | awk '{print $3}')
-[ -n "$addr" ] || { cat "$log" >&2; exit 1; }
+[ -n "$addr" ] || { echo "store-load: aic serve did not start:" >&2; cat "$log" >&2; exit 1; }
 export AIC_ADMIN_TOKEN=$(cat "$data/admin.token")
 tenant=$("$aic" admin --server "http://$addr" tenant create load | grep -o 't_[0-9a-f]*' | head -n1)
 for _ in $(seq "$nkeys"); do

@@ -345,11 +345,14 @@ async fn keys_policies_limits_metering_and_audit() {
     // Another key is not affected by A's limit.
     assert_eq!(encode_session(&mut c, &ck, 2, 3).await.unwrap().len(), 3);
     // One held client vanishes mid-stream; the other finishes normally.
-    let (vtx, vresp) = held.pop().unwrap();
+    let (vtx, mut vresp) = held.pop().unwrap();
     for f in &speech[..10] {
         vtx.send(pcm(f.clone())).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Vanish once the server has coded (and metered) those 10 frames.
+    for _ in 0..10 {
+        vresp.next().await.unwrap().unwrap();
+    }
     drop(vresp);
     drop(vtx);
     let (tx, mut resp) = held.pop().unwrap();
@@ -578,7 +581,12 @@ async fn usage_survives_sigterm_and_restart() {
             .unwrap()
     });
     assert!(killer.join().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The rest is sent once the server is in its grace period.
+    let t0 = std::time::Instant::now();
+    while !s.log().contains("shutting down") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no shutdown after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for f in &speech[10..] {
         tx.send(pcm(f.clone())).await.unwrap();
     }

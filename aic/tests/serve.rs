@@ -226,31 +226,38 @@ async fn encode_and_decode_sessions_at_16_and_48_khz() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    // Prometheus metrics: per-RPC counts, metering, and the pipeline's own numbers.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let text = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(metrics_addr).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let mut body = String::new();
-        c.read_to_string(&mut body).unwrap();
-        body
-    })
-    .await
-    .unwrap();
-    for needle in [
+    // Prometheus metrics: per-RPC counts, metering, and the pipeline's own numbers (the
+    // pipeline publishes its histograms on a timer: scrape until they are there, ≤ 20 s).
+    let needles = [
         "aic_rpc_requests_total",
         "method=\"EncodeStream\"",
         "aic_bytes_saved_total",
         "aic_pipeline_frames_out_total",
         "aic_pipeline_frame_latency_seconds",
         "aic_frames_total",
-    ] {
+    ];
+    let t0 = std::time::Instant::now();
+    loop {
+        let text = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(metrics_addr).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut body = String::new();
+            c.read_to_string(&mut body).unwrap();
+            body
+        })
+        .await
+        .unwrap();
+        let missing: Vec<_> = needles.iter().filter(|n| !text.contains(**n)).collect();
+        if missing.is_empty() {
+            break;
+        }
         assert!(
-            text.contains(needle),
-            "{needle} missing from /metrics:\n{text}"
+            t0.elapsed() < Duration::from_secs(20),
+            "{missing:?} missing from /metrics:\n{text}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

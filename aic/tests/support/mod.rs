@@ -1,12 +1,62 @@
 //! Shared by the end-to-end tests: start the real `aic serve`, read its address, keep its log,
-//! and run a test body under a deadline that fails with that log instead of hanging.
+//! and run a test body under a deadline that fails with that log instead of hanging. Every
+//! server also has a watchdog: a test that still holds it after `AIC_TEST_DEADLINE_SECS`
+//! (default 300) is failed with the server's log, so no e2e test can hang the test command.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+/// How long one test may keep one `aic serve` (`AIC_TEST_DEADLINE_SECS`, default 300 s).
+pub fn deadline() -> Duration {
+    let secs = std::env::var("AIC_TEST_DEADLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// Fails the whole test binary (exit status 101, like a panic) with the server's log if the
+/// server outlives [`deadline`]; disarmed when the [`Server`] is dropped.
+struct Watchdog(Arc<(Mutex<bool>, Condvar)>);
+
+impl Watchdog {
+    fn arm(pid: u32, log: Arc<Mutex<String>>) -> Self {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let d2 = done.clone();
+        std::thread::spawn(move || {
+            let limit = deadline();
+            let (m, cv) = &*d2;
+            let g = m.lock().unwrap_or_else(|p| p.into_inner());
+            let (g, _) = cv
+                .wait_timeout_while(g, limit, |done| !*done)
+                .unwrap_or_else(|p| p.into_inner());
+            if *g {
+                return;
+            }
+            eprintln!(
+                "TEST DEADLINE: a test held aic serve (pid {pid}) for more than {} s \
+                 (AIC_TEST_DEADLINE_SECS); failing the test binary. The server's log:\n{}",
+                limit.as_secs(),
+                log.lock().unwrap_or_else(|p| p.into_inner())
+            );
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            std::process::exit(101);
+        });
+        Self(done)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.0;
+        *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+}
 
 pub struct Server {
     pub child: Child,
@@ -17,6 +67,7 @@ pub struct Server {
     pub dir: std::path::PathBuf,
     /// Removes the data dir at the end when the server made it ([`Server::start`]).
     _owned: Option<tempfile::TempDir>,
+    _watchdog: Watchdog,
 }
 
 impl Server {
@@ -47,22 +98,23 @@ impl Server {
             .spawn()
             .expect("start aic serve");
         let mut r = BufReader::new(child.stderr.take().unwrap());
-        let mut seen = String::new();
+        let log = Arc::new(Mutex::new(String::new()));
+        let watchdog = Watchdog::arm(child.id(), log.clone());
         let mut addr = None;
         for _ in 0..50 {
             let mut line = String::new();
             if r.read_line(&mut line).unwrap_or(0) == 0 {
                 break;
             }
-            seen.push_str(&line);
+            log.lock().unwrap().push_str(&line);
             if let Some(a) = line.split("listening on ").nth(1) {
                 addr = a.split_whitespace().next().map(str::to_owned);
                 break;
             }
         }
-        let addr = addr.unwrap_or_else(|| panic!("aic serve did not start:\n{seen}"));
+        let addr = addr
+            .unwrap_or_else(|| panic!("aic serve did not start:\n{}", log.lock().unwrap()));
         // Keep reading: the server never writes into a full or closed pipe, and tests can look.
-        let log = Arc::new(Mutex::new(seen));
         let l2 = log.clone();
         std::thread::spawn(move || {
             for line in r.lines().map_while(Result::ok) {
@@ -75,6 +127,7 @@ impl Server {
             log,
             dir: dir.to_owned(),
             _owned: None,
+            _watchdog: watchdog,
         }
     }
 

@@ -6,15 +6,17 @@
 //! largest stream count this machine holds in real time; and how much of the raw model
 //! throughput the pipeline keeps (its own overhead) next to what batching buys.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use aic_codec::codec::Encoder;
 use aic_codec::resample::resample;
 use aic_pipeline::aic::AicEncoder;
-use aic_pipeline::driver::{Pipeline, StreamHandle};
-use aic_pipeline::engine::{EngineConfig, Payload, StreamConfig};
+use aic_pipeline::driver::{Pipeline, StreamHandle, StreamSender};
+use aic_pipeline::engine::{EngineConfig, Output, Payload, StreamConfig};
+use aic_pipeline::metrics::Hist;
 use aic_pipeline::model::{AicModel, Graph};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -30,7 +32,24 @@ pub enum Mode {
     Decode,
     /// N encode streams and N decode streams (a transcoding SFU does both).
     Both,
+    /// N transcode streams: PCM → encoder → RVQ → AIC frame → decoder → PCM in one stream (the
+    /// SFU bridge's path), outputs recycled. Latency is measured at the caller, push → output.
+    Transcode,
+    /// N encode streams each feeding a decode stream through a relay thread per stream, as the
+    /// bridge did before transcode streams. Latency at the caller, PCM push → decoded output.
+    Chain,
 }
+
+impl Mode {
+    /// Transcode and chain runs are held in real time while at most 1 % of the frames miss
+    /// their deadline (Opus fallback or concealment); the others need zero fallbacks.
+    fn paired(self) -> bool {
+        matches!(self, Mode::Transcode | Mode::Chain)
+    }
+}
+
+/// Largest share of frames that may fall back in a held transcode or chain run.
+const PAIRED_MAX_FALLBACK: f64 = 0.01;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -74,6 +93,9 @@ pub struct Run {
     pub mean_batch: f64,
     /// Process CPU time / wall time (100 = one full core).
     pub cpu_percent: f64,
+    /// `cpu_percent` / streams: % of one core per stream (a transcode or chain stream counts
+    /// once; for `both` an encode + decode pair counts once).
+    pub cpu_percent_per_stream: f64,
     pub realtime: bool,
 }
 
@@ -105,6 +127,10 @@ pub struct Report {
     pub run: Option<Run>,
     pub sweep: Vec<Run>,
     pub max_realtime_streams: Option<usize>,
+    /// CPUs this process may use (`available_parallelism`).
+    pub cores: usize,
+    /// `max_realtime_streams` / `cores`.
+    pub streams_per_core: Option<f64>,
     pub batching: Vec<Throughput>,
     pub efficiency: Vec<Efficiency>,
 }
@@ -120,7 +146,7 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn pct(h: &aic_pipeline::metrics::Hist) -> Percentiles {
+fn pct(h: &Hist) -> Percentiles {
     let ms = |v: u64| v as f64 / 1000.0;
     Percentiles {
         p50: ms(h.quantile(0.5)),
@@ -163,10 +189,14 @@ fn run_once(
     audio: &Arc<Vec<f32>>,
     coded: &Arc<Vec<Vec<u8>>>,
 ) -> Result<Run> {
+    if opts.mode.paired() {
+        return run_paired(models, opts, n, audio);
+    }
     let (enc_n, dec_n) = match opts.mode {
         Mode::Encode => (n, 0),
         Mode::Decode => (0, n),
         Mode::Both => (n, n),
+        Mode::Transcode | Mode::Chain => unreachable!("paired modes returned above"),
     };
     let total = enc_n + dec_n;
     let cfg = EngineConfig {
@@ -267,8 +297,212 @@ fn run_once(
         batch_sizes: m.batch_size.distribution(),
         mean_batch: m.batch_size.mean(),
         cpu_percent: 100.0 * cpu / wall,
+        cpu_percent_per_stream: 100.0 * cpu / wall / n as f64,
         realtime,
     })
+}
+
+/// Frames' push instants, matched to outputs by sequence number (outputs of encode and decode
+/// streams come in completion order; a fallback may overtake its predecessor).
+struct Arrivals<T> {
+    rx: mpsc::Receiver<(u64, T)>,
+    waiting: VecDeque<(u64, T)>,
+}
+
+impl<T> Arrivals<T> {
+    fn new(rx: mpsc::Receiver<(u64, T)>) -> Self {
+        Self {
+            rx,
+            waiting: VecDeque::new(),
+        }
+    }
+    fn take(&mut self, seq: u64) -> Option<T> {
+        loop {
+            if let Some(i) = self.waiting.iter().position(|a| a.0 == seq) {
+                return self.waiting.remove(i).map(|a| a.1);
+            }
+            self.waiting.push_back(self.rx.recv().ok()?);
+        }
+    }
+}
+
+/// When a frame was pushed, and whether it already fell back on the way (chain: the encode
+/// stream sent it as Opus).
+type Stamp = (Instant, bool);
+
+/// What one stream's collector saw at the end of the path.
+#[derive(Default)]
+struct Collected {
+    outputs: u64,
+    fallbacks: u64,
+    latency: Hist,
+}
+
+/// Longest wait for a stream's next output before its remaining frames count as dropped.
+const OUTPUT_WAIT: Duration = Duration::from_secs(3);
+
+/// Transcode or chain streams: one pacing thread pushes PCM, one thread per stream takes the
+/// outputs as they come (chain: one more per stream relays encode outputs into the decode
+/// stream). Latency is push → final output at the caller, so both paths pay their channel hops.
+fn run_paired(
+    models: &[Arc<AicModel>],
+    opts: &Options,
+    n: usize,
+    audio: &Arc<Vec<f32>>,
+) -> Result<Run> {
+    let chain = opts.mode == Mode::Chain;
+    let engine_streams = if chain { 2 * n } else { n };
+    let cfg = EngineConfig {
+        max_batch: engine_streams.div_ceil(models.len().max(1)).max(1),
+        ..Default::default()
+    };
+    let p = Pipeline::start_workers(models.to_vec(), cfg);
+    let frames = (opts.duration.as_millis() as u64 / FRAME_MS).max(1) as usize;
+    let frames_in_clip = audio.len() / 320;
+    let open = |sc: StreamConfig| -> Result<StreamHandle> {
+        p.open(StreamConfig {
+            budget: opts.budget,
+            ..sc
+        })
+        .map_err(|e| anyhow::anyhow!("opening a stream: {e}"))
+    };
+    // Per stream: the pushing half and the channel of push instants (to the relay or collector).
+    let mut inputs = Vec::with_capacity(n);
+    let mut collectors = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (at_tx, at_rx) = mpsc::channel::<(u64, Stamp)>();
+        if chain {
+            let (enc_tx, enc_out) = open(StreamConfig::encode(opts.level))?.split();
+            let (dec_tx, dec_out) = open(StreamConfig::decode())?.split();
+            let (meta_tx, meta_rx) = mpsc::channel::<(u64, Stamp)>();
+            std::thread::Builder::new()
+                .name("load-relay".into())
+                .spawn(move || relay(enc_out, dec_tx, Arrivals::new(at_rx), meta_tx, frames))?;
+            collectors.push(
+                std::thread::Builder::new()
+                    .name("load-out".into())
+                    .spawn(move || collect(dec_out, None, Arrivals::new(meta_rx), frames))?,
+            );
+            inputs.push((Arc::new(enc_tx), at_tx));
+        } else {
+            let (tx, rx) = open(StreamConfig::transcode(opts.level))?.split();
+            let tx = Arc::new(tx);
+            let (tx2, meta) = (tx.clone(), Arrivals::new(at_rx));
+            collectors.push(
+                std::thread::Builder::new()
+                    .name("load-out".into())
+                    .spawn(move || collect(rx, Some(tx2), meta, frames))?,
+            );
+            inputs.push((tx, at_tx));
+        }
+    }
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let phase = |i: usize| Duration::from_micros(i as u64 * FRAME_MS * 1000 / n as u64);
+    let mut pushed = 0u64;
+    for k in 0..frames {
+        let tick = t0 + Duration::from_millis(k as u64 * FRAME_MS);
+        for (i, (tx, at_tx)) in inputs.iter().enumerate() {
+            let at = tick + phase(i);
+            if let Some(d) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(d);
+            }
+            let f = ((i * 37) % frames_in_clip + k) % frames_in_clip;
+            let _ = at_tx.send((k as u64, (Instant::now(), false)));
+            tx.push_pcm(audio[f * 320..(f + 1) * 320].to_vec())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            pushed += 1;
+        }
+    }
+    drop(inputs); // the chain relays' push-instant channels end with them
+    let mut seen = Collected::default();
+    for c in collectors {
+        let c = c
+            .join()
+            .map_err(|_| anyhow::anyhow!("a collector panicked"))?;
+        seen.outputs += c.outputs;
+        seen.fallbacks += c.fallbacks;
+        seen.latency.merge(&c.latency);
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let m = p.metrics().context("pipeline stopped")?;
+    p.shutdown();
+    let fallback_rate = seen.fallbacks as f64 / pushed.max(1) as f64;
+    Ok(Run {
+        streams: n,
+        mode: opts.mode,
+        engine_streams,
+        seconds: wall,
+        frames_pushed: pushed,
+        frames_out: seen.outputs,
+        fallbacks: seen.fallbacks,
+        late: m.late,
+        dropped: m.dropped,
+        fallback_rate,
+        latency_ms: pct(&seen.latency),
+        queue_wait_ms: pct(&m.queue_wait),
+        model_call_ms: pct(&m.model_time),
+        batch_sizes: m.batch_size.distribution(),
+        mean_batch: m.batch_size.mean(),
+        cpu_percent: 100.0 * cpu / wall,
+        cpu_percent_per_stream: 100.0 * cpu / wall / n as f64,
+        realtime: m.dropped == 0 && seen.outputs == pushed && fallback_rate <= PAIRED_MAX_FALLBACK,
+    })
+}
+
+/// Chain mode: encode outputs into the decode stream, as the bridge's relay thread did. An Opus
+/// fallback frame reaches the AIC decoder as a lost frame (concealed), keeping the two streams
+/// one-to-one; the collector hears of it through `meta`.
+fn relay(
+    enc_out: mpsc::Receiver<Output>,
+    dec_tx: StreamSender,
+    mut arrivals: Arrivals<Stamp>,
+    meta: mpsc::Sender<(u64, Stamp)>,
+    frames: usize,
+) {
+    for dec_seq in 0..frames as u64 {
+        let Ok(o) = enc_out.recv_timeout(OUTPUT_WAIT) else {
+            return;
+        };
+        let Some((at, _)) = arrivals.take(o.seq) else {
+            return;
+        };
+        let (fallback, frame) = match o.payload {
+            Payload::Aic(b) => (false, Some(b)),
+            _ => (true, None),
+        };
+        if dec_tx.push_aic(frame).is_err() || meta.send((dec_seq, (at, fallback))).is_err() {
+            return;
+        }
+    }
+}
+
+/// Takes one stream's final outputs: latency from the push, fallbacks (an Opus fallback or a
+/// concealed frame on the way), and hands transcode outputs back for reuse.
+fn collect(
+    rx: mpsc::Receiver<Output>,
+    recycle: Option<Arc<StreamSender>>,
+    mut arrivals: Arrivals<Stamp>,
+    frames: usize,
+) -> Collected {
+    let mut c = Collected::default();
+    while c.outputs < frames as u64 {
+        let Ok(o) = rx.recv_timeout(OUTPUT_WAIT) else {
+            break; // dropped by the engine (counted there)
+        };
+        let now = Instant::now();
+        let Some((at, fell_back)) = arrivals.take(o.seq) else {
+            break;
+        };
+        c.outputs += 1;
+        c.latency.record(now - at);
+        c.fallbacks += u64::from(fell_back || o.payload.is_fallback());
+        if let Some(tx) = &recycle {
+            tx.recycle(o);
+        }
+    }
+    c
 }
 
 /// Raw throughput of the model at one batch size: encoder graph + batched RVQ search (level
@@ -430,6 +664,8 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
         run: None,
         sweep: Vec::new(),
         max_realtime_streams: None,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        streams_per_core: None,
         batching: Vec::new(),
         efficiency: Vec::new(),
     };
@@ -465,6 +701,9 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
             }
         }
         report.max_realtime_streams = (good > 0).then_some(good);
+        report.streams_per_core = report
+            .max_realtime_streams
+            .map(|n| n as f64 / report.cores as f64);
     } else {
         eprintln!(
             "  {} streams for {:.0} s ...",
@@ -484,6 +723,11 @@ pub fn run(model_dir: &Path, opts: &Options) -> Result<Report> {
             rtf_per_stream: 50.0 / fps,
         });
         b *= 2;
+    }
+    if opts.mode.paired() {
+        // The saturation run measures encode + decode streams, the same whatever the mode; a
+        // paired sweep is about the per-stream cost of its own path.
+        return Ok(report);
     }
     eprintln!("  pipeline overhead (saturated pipeline vs raw calls) ...");
     for n in [1usize, top.min(32)] {
@@ -505,7 +749,7 @@ pub fn table(r: &Report) -> String {
     let runs: Vec<&Run> = r.run.iter().chain(&r.sweep).collect();
     if !runs.is_empty() {
         s += &format!(
-            "{:>7} {:>6} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>8}\n",
+            "{:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}\n",
             "streams",
             "mode",
             "p50 ms",
@@ -516,11 +760,12 @@ pub fn table(r: &Report) -> String {
             "drops",
             "batch",
             "CPU%",
+            "CPU%/str",
             "realtime"
         );
-        for x in runs {
+        for x in &runs {
             s += &format!(
-                "{:>7} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}% {:>7} {:>7.1} {:>6.0} {:>8}\n",
+                "{:>7} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}% {:>7} {:>7.1} {:>6.0} {:>8.2} {:>8}\n",
                 x.streams,
                 format!("{:?}", x.mode).to_lowercase(),
                 x.latency_ms.p50,
@@ -531,13 +776,26 @@ pub fn table(r: &Report) -> String {
                 x.dropped,
                 x.mean_batch,
                 x.cpu_percent,
+                x.cpu_percent_per_stream,
                 if x.realtime { "yes" } else { "no" }
             );
         }
     }
+    let paired = runs.iter().any(|x| x.mode.paired());
+    if paired {
+        s += "transcode/chain: latency is PCM push → final output at the caller; held in real \
+              time = no drop and ≤ 1 % fallbacks (deadlines the engine gave up on)\n";
+    }
     if let Some(n) = r.max_realtime_streams {
+        let rule = if paired {
+            "≤ 1 % fallback, no drop"
+        } else {
+            "p99 ≤ budget, no fallback, no drop"
+        };
         s += &format!(
-            "largest stream count held in real time (p99 ≤ budget, no fallback, no drop): {n}\n"
+            "largest stream count held in real time ({rule}): {n} = {:.1} per core ({} cores)\n",
+            n as f64 / r.cores as f64,
+            r.cores
         );
     }
     s += "raw model throughput (encoder + RVQ L12 + decoder, one ONNX Runtime thread):\n";

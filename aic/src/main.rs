@@ -229,12 +229,13 @@ enum BenchSub {
     },
     /// Many real-time streams through the batched pipeline: latency, batching, fallbacks, CPU.
     Load {
-        /// Streams per direction.
+        /// Streams per direction (`transcode`, `chain`: PCM-in → PCM-out paths).
         #[arg(long, default_value_t = 8)]
         streams: usize,
         /// Seconds of real time per run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
+        /// What each stream is; `transcode` and `chain` also report CPU per stream.
         #[arg(long, value_enum, default_value_t = load::Mode::Both)]
         mode: load::Mode,
         /// AIC level of the encode streams.

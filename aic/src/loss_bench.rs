@@ -530,6 +530,17 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A clip's path as reported: relative to the repository when it is inside it (the default
+/// fixtures), as given otherwise.
+fn shown(f: &Path) -> String {
+    let inside = f
+        .canonicalize()
+        .ok()
+        .zip(repo_root().canonicalize().ok())
+        .and_then(|(f, root)| f.strip_prefix(root).ok().map(Path::to_owned));
+    inside.unwrap_or_else(|| f.to_owned()).display().to_string()
+}
+
 /// The evaluator, or None with a note saying why not.
 fn evaluator(no_external: bool, notes: &mut Vec<String>) -> Option<bench::Evaluator> {
     if no_external {
@@ -592,7 +603,7 @@ pub fn run(reg: &CodecRegistry, args: &LossArgs) -> Result<Report> {
         }
         let pcm16k = resample(&pcm, sr, EVAL_RATE)?;
         inputs.push(bench::InputInfo {
-            path: f.display().to_string(),
+            path: shown(f),
             seconds: pcm16k.len() as f64 / f64::from(EVAL_RATE),
         });
         clips.push(pcm16k);

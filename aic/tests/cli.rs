@@ -474,6 +474,47 @@ fn bench_load_runs_real_streams_and_reports() {
 }
 
 #[test]
+fn bench_load_transcode_streams_report_cpu_per_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("transcode.json");
+    let o = aic(&[
+        "bench",
+        "load",
+        "--mode",
+        "transcode",
+        "--streams",
+        "2",
+        "--duration",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table.contains("transcode") && table.contains("CPU%/str"),
+        "{table}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let run = &r["run"];
+    // 2 transcode streams (one engine stream each) for 50 frames: every frame comes back as
+    // one output (frame + PCM), none falls back at this load.
+    assert_eq!(run["mode"], "transcode");
+    assert_eq!(run["engine_streams"], 2);
+    assert_eq!(run["frames_pushed"], 100);
+    assert_eq!(run["frames_out"], 100, "{run}");
+    assert_eq!(run["fallbacks"], 0, "{run}");
+    assert_eq!(run["dropped"], 0, "{run}");
+    assert_eq!(run["realtime"], true, "{run}");
+    let per_stream = run["cpu_percent_per_stream"].as_f64().unwrap();
+    assert!(per_stream > 0.0 && per_stream <= 100.0, "{run}");
+    let lat = &run["latency_ms"];
+    assert!(lat["p50"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(lat["p99"].as_f64().unwrap() >= lat["p50"].as_f64().unwrap());
+    assert!(r["cores"].as_u64().unwrap() >= 1);
+}
+
+#[test]
 fn bench_grpc_compares_the_service_with_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("grpc.json");

@@ -1,8 +1,9 @@
 //! `aic serve --bridge-socket PATH`: the pipeline side of the bridge ↔ pipeline link
-//! (`aic_sfu_bridge::link`). Each link stream becomes two pipeline streams: an encode stream at
-//! the requested level, whose AIC frames feed a decode stream, so the bridge gets back both the
-//! frame to send and what an AIC receiver hears. Frames the model cannot serve in time come
-//! back as the engine's Opus fallback, with the Opus-decoded PCM.
+//! (`aic_sfu_bridge::link`). Each link stream is one transcode stream of the pipeline
+//! (`StreamConfig::transcode`): PCM in, and per frame one output with the AIC frame and its
+//! decoded PCM, so the bridge gets back both the frame to send and what an AIC receiver hears.
+//! Frames the model cannot serve in time come back as the engine's Opus fallback, with the
+//! Opus-decoded PCM (decoded by the engine).
 //!
 //! Who gets in, in order: the socket file's mode (0660, set by `LinkListener::bind`); the
 //! peer's uid (`SO_PEERCRED`) against [`Limits::allowed_uids`]; the number of connections being
@@ -20,22 +21,24 @@
 //! Logs go through `tracing` (text or JSON, as configured); what a peer causes (refusals, bad
 //! frames, a client not reading) is rate-limited per peer uid ([`LogLimiter`]).
 //!
-//! Threads per stream (all blocking, none polling): *reader* (ring → encode stream, at most
-//! [`IN_FLIGHT`] frames inside the pipeline, so a bridge sending faster than real time is
-//! paced by its ring filling up instead of overflowing the engine's bounded queue), *relay*
-//! (encode outputs → decode stream), *writer* (decode outputs → ring). A client that closes or
-//! dies ends its stream's threads; the listener and other streams carry on.
+//! Threads per stream (both blocking, none polling): the *reader* (ring → the stream's
+//! `push_pcm`, at most [`IN_FLIGHT`] frames inside the pipeline, so a bridge sending faster
+//! than real time is paced by its ring filling up instead of overflowing the engine's bounded
+//! queue) and the *writer* (the stream's outputs → ring). Per frame that is one hop into the
+//! pipeline and one out; beside it the reader hands the writer the frame's client seq and
+//! arrival through a bounded channel (which is also the credit), and the writer hands the
+//! spent PCM vector back, so nothing is allocated per frame. A client that closes or dies
+//! ends its stream's threads; the listener and other streams carry on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::{Context as _, Result};
-use aic_codec::codec::Decoder as _;
 use aic_control::gate::{Gate, Ticket};
 use aic_control::meter::SessionCounters;
 use aic_control::policy::{KeyGrant, Want};
@@ -68,7 +71,7 @@ pub struct Limits {
     /// Peer uids allowed to connect (`SO_PEERCRED`); empty: any uid the socket's mode (0660)
     /// lets in.
     pub allowed_uids: Vec<u32>,
-    /// Connections served at once (hello probes and streams; a stream is three threads). More
+    /// Connections served at once (hello probes and streams; a stream is two threads). More
     /// are refused with a message.
     pub max_conns: usize,
 }
@@ -474,8 +477,8 @@ fn accept_loop(l: &LinkListener, sh: &Arc<Shared>) {
     }
 }
 
-/// Checks a link config and turns it into the two pipeline stream configs.
-fn stream_configs(c: &LinkConfig) -> Result<(StreamConfig, StreamConfig), String> {
+/// Checks a link config and turns it into the pipeline stream's config.
+fn stream_config(c: &LinkConfig) -> Result<StreamConfig, String> {
     let budget_ms = match c.latency_budget_ms {
         0 => 40,
         ms @ 20..=1000 => ms,
@@ -494,13 +497,10 @@ fn stream_configs(c: &LinkConfig) -> Result<(StreamConfig, StreamConfig), String
             ));
         }
     };
-    let mut enc = StreamConfig::encode(c.level);
-    enc.budget = Duration::from_millis(u64::from(budget_ms));
-    enc.fallback_bitrate_bps = kbps * 1000;
-    let mut dec = StreamConfig::decode();
-    dec.budget = enc.budget;
-    dec.fallback_bitrate_bps = enc.fallback_bitrate_bps;
-    Ok((enc, dec))
+    let mut cfg = StreamConfig::transcode(c.level);
+    cfg.budget = Duration::from_millis(u64::from(budget_ms));
+    cfg.fallback_bitrate_bps = kbps * 1000;
+    Ok(cfg)
 }
 
 fn serve_conn(
@@ -518,12 +518,12 @@ fn serve_conn(
         Ok(g) => g,
         Err((code, why)) => return sh.refuse(conn, &peer, code, &why),
     };
-    let (enc_cfg, dec_cfg) = match stream_configs(&cfg) {
+    let stream_cfg = match stream_config(&cfg) {
         Ok(c) => c,
         Err(why) => return sh.refuse(conn, &peer, RefusalCode::Invalid, &why),
     };
     // Policy (AIC on, level cap) and the key's concurrent sessions: one link stream is one
-    // session, whatever the two pipeline slots it takes.
+    // session.
     let ticket = match sh.gate.admit(
         &grant,
         Want::Encode {
@@ -536,50 +536,47 @@ fn serve_conn(
             return sh.refuse(conn, &peer, code_of(&st), &why);
         }
     };
-    let ref_bytes = f64::from(enc_cfg.fallback_bitrate_bps) / 8.0 * 0.02;
-    let refuse =
-        |conn: LinkConn, e: EngineError| sh.refuse(conn, &peer, engine_code(&e), &e.to_string());
-    let enc = match sh.pipeline.open(enc_cfg) {
+    let ref_bytes = f64::from(stream_cfg.fallback_bitrate_bps) / 8.0 * 0.02;
+    let stream = match sh.pipeline.open(stream_cfg) {
         Ok(h) => h,
-        Err(e) => return refuse(conn, e),
-    };
-    let dec = match sh.pipeline.open(dec_cfg) {
-        Ok(h) => h,
-        Err(e) => return refuse(conn, e),
+        Err(e) => return sh.refuse(conn, &peer, engine_code(&e), &e.to_string()),
     };
     let (mut rx, mut tx) = conn.accept_open(&sh.model_id)?;
     tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, key = %ticket.key_id,
         level = cfg.level, "bridge: stream opened");
     let counters = ticket.meter.counters.clone();
-    let (enc_tx, enc_out) = enc.split();
-    let (dec_tx, dec_out) = dec.split();
-    // Reader → relay: (client seq, arrival) in push order. Relay → writer: per decode frame.
-    let (seq_tx, seq_rx) = mpsc::channel::<(u64, Instant)>();
-    let (meta_tx, meta_rx) = mpsc::channel::<Meta>();
-    // Credits: the reader sends one per frame pushed (blocking at IN_FLIGHT), the writer takes
-    // one back per frame written.
-    let (credit_tx, credit_rx) = mpsc::sync_channel::<()>(IN_FLIGHT);
+    let (push, outputs) = stream.split();
+    // The reader owns the stream (dropping it ends the stream once drained); the writer only
+    // hands spent outputs back through it while it lives.
+    let push = Arc::new(push);
+    let recycle = Arc::downgrade(&push);
+    // Reader → writer, one per frame pushed: the client's seq and the arrival. Bounded at
+    // IN_FLIGHT, so it is also the credit: the reader blocks while IN_FLIGHT frames are inside.
+    let (credit_tx, credit_rx) = mpsc::sync_channel::<InFlight>(IN_FLIGHT);
+    // Writer → reader: the PCM vectors of spent outputs, for the next frames in.
+    let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<f32>>(IN_FLIGHT + 1);
     let level = cfg.level;
-    let (c2, slot2) = (counters.clone(), slot.clone());
-    std::thread::Builder::new()
-        .name("aic-bridge-relay".into())
-        .spawn(move || {
-            relay(enc_out, dec_tx, seq_rx, meta_tx, level, &c2, ref_bytes);
-            drop(slot2);
-        })?;
-    let (sh2, slot3) = (sh.clone(), slot.clone());
+    let (sh2, slot2) = (sh.clone(), slot.clone());
     std::thread::Builder::new()
         .name("aic-bridge-writer".into())
         .spawn(move || {
-            writer(dec_out, meta_rx, credit_rx, &mut tx, &ticket, &sh2, &peer);
+            let w = Writer {
+                level,
+                ref_bytes,
+                ticket: &ticket,
+                sh: &sh2,
+                peer: &peer,
+            };
+            w.run(outputs, credit_rx, &recycle, &spare_tx, &mut tx);
             // The session ends here: its key's slot is free, its usage pending for the flush.
             tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, key = %ticket.key_id,
                 "bridge: stream ended");
             drop(ticket);
-            drop(slot3);
+            drop(slot2);
         })?;
     // This thread is the reader.
     let mut pcm = Vec::with_capacity(FRAME_16K);
+    let mut pushed = 0u64;
     loop {
         let meta = match rx.recv(&mut pcm, Duration::from_secs(3600)) {
             Ok(Some(m)) => m,
@@ -591,7 +588,7 @@ fn serve_conn(
             }
             Err(e) => return Err(e),
         };
-        let at = Instant::now();
+        let arrived = Instant::now();
         if pcm.len() != FRAME_16K {
             sh.peer_log(
                 Level::Warn,
@@ -604,80 +601,35 @@ fn serve_conn(
             );
             continue;
         }
-        if credit_tx.send(()).is_err() {
+        let f = InFlight {
+            stream_seq: pushed,
+            client_seq: meta.seq,
+            arrived,
+        };
+        if credit_tx.send(f).is_err() {
             break; // the writer ended: the client is gone
         }
-        let x: Vec<f32> = pcm.iter().map(|&s| f32::from(s) / 32768.0).collect();
-        if seq_tx.send((meta.seq, at)).is_err() || enc_tx.push_pcm(x).is_err() {
+        let mut x = spare_rx
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(FRAME_16K));
+        x.clear();
+        x.extend(pcm.iter().map(|&s| f32::from(s) / 32768.0));
+        if push.push_pcm(x).is_err() {
             break;
         }
+        pushed += 1;
         counters.bytes_in((2 * FRAME_16K) as u64);
     }
-    Ok(()) // dropping enc_tx ends the encode stream once drained; the rest follows
+    Ok(()) // dropping `push` ends the pipeline stream once drained; the writer follows
 }
 
-/// One frame on its way from the encode stream to the ring.
-struct Meta {
-    /// Sequence number in the decode stream.
-    dec_seq: u64,
+/// One frame inside the pipeline.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// Its position in the pipeline stream (`Output::seq`).
+    stream_seq: u64,
     client_seq: u64,
     arrived: Instant,
-    fallback: bool,
-    level: u8,
-    payload: Vec<u8>,
-}
-
-/// Encode outputs → decode stream. Outputs may complete out of order (a fallback frame is
-/// emitted while its predecessor is still in a batch), so arrivals are matched by sequence.
-fn relay(
-    enc_out: Receiver<Output>,
-    dec_tx: StreamSender,
-    seq_rx: Receiver<(u64, Instant)>,
-    meta_tx: mpsc::Sender<Meta>,
-    level: u8,
-    counters: &SessionCounters,
-    ref_bytes: f64,
-) {
-    let mut arrivals: VecDeque<(u64, u64, Instant)> = VecDeque::new(); // (enc seq, client seq, at)
-    let mut next_enc = 0u64;
-    for (dec_seq, o) in (0u64..).zip(enc_out) {
-        while !arrivals.iter().any(|a| a.0 == o.seq) {
-            let Ok((client_seq, at)) = seq_rx.recv() else {
-                return;
-            };
-            arrivals.push_back((next_enc, client_seq, at));
-            next_enc += 1;
-        }
-        let i = arrivals.iter().position(|a| a.0 == o.seq).expect("found");
-        let (_, client_seq, arrived) = arrivals.remove(i).expect("in range");
-        let n = match &o.payload {
-            Payload::Aic(b) | Payload::OpusFallback(b) => b.len(),
-            Payload::Pcm(_) | Payload::Concealed(_) => 0,
-        };
-        meter_encoded(counters, n, ref_bytes);
-        let (fallback, payload, push) = match o.payload {
-            Payload::Aic(b) => (false, b.clone(), Some(b)),
-            Payload::OpusFallback(b) => (true, b, None),
-            // Not produced by an encode stream.
-            Payload::Pcm(_) | Payload::Concealed(_) => (true, Vec::new(), None),
-        };
-        // A fallback frame reaches the AIC decoder as a lost frame, keeping the two streams
-        // one-to-one; the writer replaces its concealment by the Opus-decoded frame.
-        if dec_tx.push_aic(push).is_err() {
-            return;
-        }
-        let m = Meta {
-            dec_seq,
-            client_seq,
-            arrived,
-            fallback,
-            level: if fallback { 0 } else { level },
-            payload,
-        };
-        if meta_tx.send(m).is_err() {
-            return;
-        }
-    }
 }
 
 /// One encoded frame of `n` bytes: 20 ms encoded, the bytes out, and the saving against Opus at
@@ -697,67 +649,71 @@ fn to_i16(x: &[f32], out: &mut Vec<i16>) {
     );
 }
 
-/// Decode outputs → ring, one [`FrameOut`] per input frame.
-fn writer(
-    dec_out: Receiver<Output>,
-    meta_rx: Receiver<Meta>,
-    credits: Receiver<()>,
-    tx: &mut aic_sfu_bridge::link::ServerSender,
-    ticket: &Ticket,
-    sh: &Shared,
-    peer: &PeerCred,
-) {
-    let mut waiting: VecDeque<Meta> = VecDeque::new();
-    let mut opus: Option<aic_codec::opus::OpusDecoder> = None;
-    let mut out = FrameOut::default();
-    let mut scratch = Vec::with_capacity(FRAME_16K);
-    for d in dec_out {
-        while !waiting.iter().any(|m| m.dec_seq == d.seq) {
-            let Ok(m) = meta_rx.recv() else {
+/// Pipeline outputs → ring, one [`FrameOut`] per frame in.
+struct Writer<'a> {
+    level: u8,
+    ref_bytes: f64,
+    ticket: &'a Ticket,
+    sh: &'a Shared,
+    peer: &'a PeerCred,
+}
+
+impl Writer<'_> {
+    fn run(
+        &self,
+        outputs: Receiver<Output>,
+        credits: Receiver<InFlight>,
+        recycle: &Weak<StreamSender>,
+        spare: &mpsc::SyncSender<Vec<f32>>,
+        tx: &mut aic_sfu_bridge::link::ServerSender,
+    ) {
+        let counters = &self.ticket.meter.counters;
+        let mut out = FrameOut::default();
+        // Ends when the stream is closed (the reader dropped it) and drained.
+        for mut o in outputs {
+            // Transcode outputs come in input order, one per frame pushed; a frame the engine
+            // refused has no output, and its credit is skipped here.
+            let f = loop {
+                match credits.recv() {
+                    Ok(f) if f.stream_seq < o.seq => continue,
+                    Ok(f) => break Some(f),
+                    Err(_) => break None,
+                }
+            };
+            let Some(f) = f.filter(|f| f.stream_seq == o.seq) else {
                 return;
             };
-            waiting.push_back(m);
-        }
-        let i = waiting
-            .iter()
-            .position(|m| m.dec_seq == d.seq)
-            .expect("found");
-        let m = waiting.remove(i).expect("in range");
-        ticket.meter.counters.decoded_ms(20);
-        out.seq = m.client_seq;
-        out.level = m.level;
-        out.fallback = m.fallback;
-        out.payload.clear();
-        out.payload.extend_from_slice(&m.payload);
-        let pcm = match &d.payload {
-            Payload::Pcm(p) | Payload::Concealed(p) => p.as_slice(),
-            Payload::Aic(_) | Payload::OpusFallback(_) => &[],
-        };
-        to_i16(pcm, &mut out.pcm16k);
-        if m.fallback && !m.payload.is_empty() {
-            let dec = opus.get_or_insert_with(|| {
-                aic_codec::opus::OpusDecoder::new(
-                    aic_codec::opus::OpusVariant::Plain,
-                    &crate::svc::opus_info(),
-                )
-                .expect("libopus decoder at 16 kHz")
-            });
-            scratch.clear();
-            if dec.decode_frame(Some(&m.payload), &mut scratch).is_ok() {
-                to_i16(&scratch, &mut out.pcm16k);
+            let (fallback, bytes) = match &o.payload {
+                Payload::Aic(b) => (false, b.as_slice()),
+                Payload::OpusFallback(b) => (true, b.as_slice()),
+                // Not produced by a transcode stream.
+                Payload::Pcm(_) | Payload::Concealed(_) => (true, &[][..]),
+            };
+            meter_encoded(counters, bytes.len(), self.ref_bytes);
+            counters.decoded_ms(20);
+            out.seq = f.client_seq;
+            out.level = if fallback { 0 } else { self.level };
+            out.fallback = fallback;
+            out.payload.clear();
+            out.payload.extend_from_slice(bytes);
+            // The frame's PCM: the AIC frame through the decoder, or the fallback through
+            // libopus (both done by the engine).
+            to_i16(&o.decoded, &mut out.pcm16k);
+            out.pcm16k.resize(FRAME_16K, 0);
+            out.pipeline_us = f.arrived.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            let _ = spare.try_send(std::mem::take(&mut o.decoded));
+            if let Some(s) = recycle.upgrade() {
+                s.recycle(o);
             }
-        }
-        out.pcm16k.resize(FRAME_16K, 0);
-        out.pipeline_us = m.arrived.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-        let _ = credits.try_recv();
-        match tx.send(&out, WRITE_WAIT) {
-            Ok(true) => {}
-            Ok(false) => sh.peer_log(
-                Level::Warn,
-                peer,
-                format_args!("client not reading, dropped frame {}", out.seq),
-            ),
-            Err(_) => return, // gone: dropping our receivers ends the pipeline streams
+            match tx.send(&out, WRITE_WAIT) {
+                Ok(true) => {}
+                Ok(false) => self.sh.peer_log(
+                    Level::Warn,
+                    self.peer,
+                    format_args!("client not reading, dropped frame {}", out.seq),
+                ),
+                Err(_) => return, // gone: dropping our receivers ends the pipeline stream
+            }
         }
     }
 }

@@ -205,7 +205,7 @@ impl Ingest {
                 self.stats.ssrc_switches += 1;
             }
         }
-        let verdict = match self.jitter.push(now, p.sequence, p.timestamp, p.payload) {
+        match self.jitter.push(now, p.sequence, p.timestamp, p.payload) {
             Push::Accepted => {
                 self.stats.packets += 1;
                 self.stats.payload_bytes += p.payload.len() as u64;
@@ -223,8 +223,7 @@ impl Ingest {
                 self.stats.overflow += 1;
                 Accepted::Overflow
             }
-        };
-        verdict
+        }
     }
 
     /// When the next frame is due (the driver sleeps until then); None before the first packet.

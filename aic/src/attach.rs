@@ -5,15 +5,16 @@
 //! (RTP, Opus, PT 111) that any WebRTC client can watch, keep the session alive, and on exit
 //! or SIGINT/SIGTERM stop the forward and destroy what was created.
 //!
-//! Media (one thread, the sans-IO pieces of `aic-sfu-bridge` driven by the real clock):
-//! RTP in → [`Ingest`] (jitter buffer, Opus decode to 16 kHz, FEC/PLC) → the pipeline
-//! ([`PipelineLink`]: AIC encode, then AIC decode) → [`OpusEgress`] (the AIC-decoded speech as
-//! Opus into the mountpoint) and, optionally, [`AicEgress`] (the AIC frames as AIC RTP to a
-//! UDP destination).
+//! Media (one thread): [`MediaSession`], the stream's sans-IO state machine in `aic-sfu-bridge`
+//! (RTP parsed once → adaptive jitter buffer and Opus decode to 16 kHz → one frame per 20 ms
+//! slot to the pipeline; the pipeline's frames → Opus RTP into the mountpoint and, optionally,
+//! AIC RTP to a UDP destination; receiver statistics, latency histograms), driven here by the
+//! real clock: this file keeps only the sockets, the Janus HTTP client and the link.
 //!
 //! The pipeline is reached through [`PipelineLink`]: in this process (`--pipeline inproc`, the
 //! single-box deployment) or, with the shm link, another process (`aic serve --bridge-socket`).
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,13 +23,16 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use aic_pipeline::driver::{Pipeline, StreamSender};
-use aic_pipeline::engine::{EngineConfig, Payload, StreamConfig};
+use aic_pipeline::engine::{EngineConfig, Output as PipelineOutput, Payload, StreamConfig};
 use aic_pipeline::model::AicModel;
-use aic_sfu_bridge::egress::{AicEgress, OpusEgress, RtpStreamParams};
-use aic_sfu_bridge::ingest::{Ingest, IngestConfig, IngestStats};
+use aic_sfu_bridge::egress::RtpStreamParams;
+use aic_sfu_bridge::ingest::IngestConfig;
 use aic_sfu_bridge::jitter::JitterConfig;
 use aic_sfu_bridge::link;
 use aic_sfu_bridge::media::{FRAME_16K, f32_to_i16, i16_to_f32};
+use aic_sfu_bridge::session::{
+    AicTrack, Histogram, Input, MediaSession, Output, SessionConfig, Track,
+};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
@@ -99,14 +103,20 @@ pub trait PipelineLink {
     fn model_id(&self) -> &str;
 }
 
-/// The pipeline in this process: one encode stream, and a thread that decodes each AIC frame
-/// it produces on a decode stream (Opus fallback frames are decoded with libopus), so the
-/// output is exactly what an AIC receiver hears.
+/// The pipeline in this process: one transcode stream (PCM in; per frame one output with the
+/// AIC frame, or its Opus fallback, and its decoded PCM), so the output is exactly what an AIC
+/// receiver hears. One hop in, one out, no thread of its own; spent outputs go back to the
+/// pipeline and their PCM vectors carry the next frames in (nothing allocated per frame).
 pub struct InprocLink {
-    enc: StreamSender,
-    out: Receiver<FrameOut>,
+    push: StreamSender,
+    outputs: Receiver<PipelineOutput>,
+    /// (position in the pipeline stream, the caller's seq) of the frames inside, in order:
+    /// transcode outputs come in input order.
+    in_flight: VecDeque<(u64, u64)>,
+    pushed: u64,
+    spare: Vec<Vec<f32>>,
+    level: u8,
     model_id: String,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
     // Keeps the workers alive as long as the link.
     _pipeline: Arc<Pipeline>,
 }
@@ -124,128 +134,85 @@ impl InprocLink {
                 ..Default::default()
             },
         ));
-        let budget = Duration::from_millis(u64::from(budget_ms.max(10)));
-        let enc = pipeline
+        let stream = pipeline
             .open(StreamConfig {
-                budget,
-                ..StreamConfig::encode(level)
+                budget: Duration::from_millis(u64::from(budget_ms.max(10))),
+                ..StreamConfig::transcode(level)
             })
-            .map_err(|e| anyhow!("opening the encode stream: {e}"))?;
-        let dec = pipeline
-            .open(StreamConfig {
-                budget,
-                ..StreamConfig::decode()
-            })
-            .map_err(|e| anyhow!("opening the decode stream: {e}"))?;
-        let (enc_tx, enc_rx) = enc.split();
-        let (dec_tx, dec_rx) = dec.split();
-        let (tx, rx) = mpsc::sync_channel::<FrameOut>(64);
-        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut opus = opusic_fallback_decoder()?;
-        std::thread::Builder::new()
-            .name("aic-inproc-link".into())
-            .spawn(move || {
-                use aic_codec::Decoder as _;
-                let mut pcm_f = Vec::with_capacity(FRAME_16K);
-                // Ends when the encode stream ends (its sender dropped with the link).
-                while let Ok(o) = enc_rx.recv() {
-                    let mut f = FrameOut {
-                        seq: o.seq,
-                        level,
-                        pcm16k: vec![0; FRAME_16K],
-                        ..Default::default()
-                    };
-                    let mut us = o.latency.as_micros() as u32;
-                    match o.payload {
-                        Payload::Aic(frame) => {
-                            if dec_tx.push_aic(Some(frame.clone())).is_err() {
-                                break;
-                            }
-                            let Ok(d) = dec_rx.recv() else { break };
-                            us += d.latency.as_micros() as u32;
-                            if let Payload::Pcm(p) | Payload::Concealed(p) = d.payload {
-                                f32_to_i16(&p, &mut f.pcm16k);
-                            }
-                            f.payload = frame;
-                        }
-                        Payload::OpusFallback(pkt) => {
-                            f.fallback = true;
-                            pcm_f.clear();
-                            if opus.decode_frame(Some(&pkt), &mut pcm_f).is_ok() {
-                                f32_to_i16(&pcm_f, &mut f.pcm16k);
-                            }
-                            f.payload = pkt;
-                        }
-                        Payload::Pcm(_) | Payload::Concealed(_) => continue,
-                    }
-                    f.pipeline_us = us;
-                    if tx.send(f).is_err() {
-                        break;
-                    }
-                }
-            })
-            .context("spawning the link thread")?;
+            .map_err(|e| anyhow!("opening the pipeline stream: {e}"))?;
+        let (push, outputs) = stream.split();
         Ok(Self {
-            enc: enc_tx,
-            out: rx,
+            push,
+            outputs,
+            in_flight: VecDeque::with_capacity(INPROC_MAX_IN_FLIGHT),
+            pushed: 0,
+            spare: Vec::with_capacity(INPROC_MAX_IN_FLIGHT),
+            level,
             model_id,
-            in_flight,
             _pipeline: pipeline,
         })
     }
 }
 
-fn opusic_fallback_decoder() -> Result<aic_codec::opus::OpusDecoder> {
-    let info = aic_codec::CodecInfo {
-        codec: "opus".into(),
-        model_id: String::new(),
-        sample_rate: 16_000,
-        frame_samples: FRAME_16K,
-        delay_samples: 0,
-        point: aic_codec::OperatingPoint::BitrateBps(16_000),
-    };
-    aic_codec::opus::OpusDecoder::new(aic_codec::opus::OpusVariant::Plain, &info)
-        .map_err(|e| anyhow!("libopus: {e}"))
-}
-
 impl PipelineLink for InprocLink {
-    fn try_send(&mut self, _seq: u64, pcm16k: &[i16], _concealed: bool) -> Result<(), LinkFailure> {
-        if self.in_flight.load(Ordering::Relaxed) >= INPROC_MAX_IN_FLIGHT {
+    fn try_send(&mut self, seq: u64, pcm16k: &[i16], _concealed: bool) -> Result<(), LinkFailure> {
+        if self.in_flight.len() >= INPROC_MAX_IN_FLIGHT {
             return Err(LinkFailure::Full);
         }
-        // The in-process pipeline API takes owned frames: one allocation per 20 ms frame.
-        let mut v = vec![0f32; pcm16k.len()];
+        let mut v = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(FRAME_16K));
+        v.clear();
+        v.resize(pcm16k.len(), 0.0);
         i16_to_f32(pcm16k, &mut v);
-        self.enc.push_pcm(v).map_err(|_| LinkFailure::PeerGone)?;
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.push.push_pcm(v).map_err(|_| LinkFailure::PeerGone)?;
+        self.in_flight.push_back((self.pushed, seq));
+        self.pushed += 1;
         Ok(())
     }
 
     fn recv_into(&mut self, out: &mut FrameOut, timeout: Duration) -> Result<bool, LinkFailure> {
         let got = if timeout.is_zero() {
-            self.out.try_recv().map_err(|e| match e {
+            self.outputs.try_recv().map_err(|e| match e {
                 mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
                 mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
             })
         } else {
-            self.out.recv_timeout(timeout)
+            self.outputs.recv_timeout(timeout)
         };
-        match got {
-            Ok(f) => {
-                self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                out.seq = f.seq;
-                out.level = f.level;
-                out.fallback = f.fallback;
-                out.payload.clear();
-                out.payload.extend_from_slice(&f.payload);
-                out.pcm16k.clear();
-                out.pcm16k.extend_from_slice(&f.pcm16k);
-                out.pipeline_us = f.pipeline_us;
-                Ok(true)
-            }
-            Err(RecvTimeoutError::Timeout) => Ok(false),
-            Err(RecvTimeoutError::Disconnected) => Err(LinkFailure::PeerGone),
+        let mut o = match got {
+            Ok(o) => o,
+            Err(RecvTimeoutError::Timeout) => return Ok(false),
+            Err(RecvTimeoutError::Disconnected) => return Err(LinkFailure::PeerGone),
+        };
+        // A frame the engine refused has no output: skip its entry.
+        while self.in_flight.front().is_some_and(|&(p, _)| p < o.seq) {
+            self.in_flight.pop_front();
         }
+        let Some((_, seq)) = self.in_flight.pop_front() else {
+            return Err(LinkFailure::Other(format!(
+                "pipeline output {} matches no frame sent",
+                o.seq
+            )));
+        };
+        let (fallback, bytes) = match &o.payload {
+            Payload::Aic(b) => (false, b.as_slice()),
+            Payload::OpusFallback(b) => (true, b.as_slice()),
+            Payload::Pcm(_) | Payload::Concealed(_) => (true, &[][..]),
+        };
+        out.seq = seq;
+        out.level = if fallback { 0 } else { self.level };
+        out.fallback = fallback;
+        out.payload.clear();
+        out.payload.extend_from_slice(bytes);
+        out.pcm16k.clear();
+        out.pcm16k.resize(o.decoded.len(), 0);
+        f32_to_i16(&o.decoded, &mut out.pcm16k);
+        out.pipeline_us = o.latency.as_micros().min(u128::from(u32::MAX)) as u32;
+        self.spare.push(std::mem::take(&mut o.decoded));
+        self.push.recycle(o);
+        Ok(true)
     }
 
     fn model_id(&self) -> &str {
@@ -278,10 +245,8 @@ impl PipelineLink for ShmLink {
     }
 
     fn recv_into(&mut self, out: &mut FrameOut, timeout: Duration) -> Result<bool, LinkFailure> {
-        let got = self.stream.recv_into(out, timeout).map_err(link_failure)?;
-        // The link allows short frames; the packetizer takes exactly one 20 ms frame.
-        out.pcm16k.resize(FRAME_16K, 0);
-        Ok(got)
+        // Short frames (the link allows them) are padded by the session.
+        self.stream.recv_into(out, timeout).map_err(link_failure)
     }
 
     fn model_id(&self) -> &str {
@@ -497,42 +462,59 @@ fn cpu_seconds(stat_path: &str) -> Option<f64> {
     Some((u + k) / 100.0) // USER_HZ is 100 on Linux
 }
 
-#[derive(Debug, Default)]
-struct Measure {
-    latency_us: Vec<u32>,
-    pipeline_us: Vec<u32>,
-    frames_out: u64,
-    fallback: u64,
-    aic_bytes: u64,
-    full: u64,
-    first_in: Option<Instant>,
-    /// RFC 3550 reception statistics of the forwarded stream (the latest SSRC seen): what an RR
-    /// block would carry. Janus' `rtp_forward` takes no RTCP back for audio, so it is reported
-    /// in the summary rather than sent.
-    rtcp_rx: Option<(u32, aic_sfu_bridge::rtcp::ReceiverStats)>,
-}
-
-fn quantiles(v: &mut [u32]) -> Value {
-    if v.is_empty() {
+/// p50/p95/p99/max in ms and the count, from a histogram of µs.
+fn quantiles(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
         return Value::Null;
     }
-    v.sort_unstable();
-    let q = |p: f64| f64::from(v[((v.len() - 1) as f64 * p).round() as usize]) / 1000.0;
-    json!({"p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": q(1.0), "n": v.len()})
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    json!({"p50_ms": q(0.5), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": h.max() as f64 / 1000.0,
+           "n": h.len()})
 }
 
 struct MediaResult {
-    ingest: IngestStats,
-    m: Measure,
-    opus_out_packets: u64,
-    opus_out_bytes: u64,
-    aic_packets: u64,
+    session: MediaSession,
     wall_s: f64,
     thread_cpu_s: f64,
     process_cpu_s: f64,
     ended_by: &'static str,
 }
 
+/// Hands the session's outputs to the sockets and the link until it asks to wait; the instant
+/// it wants to be woken at, or why the media path ended.
+fn pump(
+    o: &Options,
+    s: &mut MediaSession,
+    sock: &UdpSocket,
+    opus_dest: SocketAddr,
+    link: &mut dyn PipelineLink,
+    in_flight: &mut usize,
+) -> Result<std::result::Result<Instant, &'static str>> {
+    loop {
+        let sent = match s.poll_output() {
+            Output::Timeout(t) => return Ok(Ok(t)),
+            Output::Transmit(Track::Opus, b) => {
+                let _ = sock.send_to(b, opus_dest);
+                continue;
+            }
+            Output::Transmit(Track::Aic, b) => {
+                if let Some(dest) = o.aic_dest {
+                    let _ = sock.send_to(b, dest);
+                }
+                continue;
+            }
+            Output::Process(f) => (f.seq, link.try_send(f.seq, f.pcm16k, f.concealed)),
+        };
+        match sent {
+            (_, Ok(())) => *in_flight += 1,
+            (seq, Err(LinkFailure::Full)) => s.handle_input(Input::NotTaken(seq))?,
+            (_, Err(LinkFailure::PeerGone)) => return Ok(Err("pipeline gone")),
+            (_, Err(e)) => bail!("pipeline link: {e}"),
+        }
+    }
+}
+
+/// The I/O around [`MediaSession`]: Janus' RTP from `sock`, the link, the clock.
 fn media_loop(
     o: &Options,
     sock: &UdpSocket,
@@ -545,48 +527,47 @@ fn media_loop(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
         .unwrap_or(0x5eed);
-    let mut ingest = Ingest::new(IngestConfig {
-        jitter: JitterConfig {
-            delay: Duration::from_millis(u64::from(o.jitter_ms)),
-            ..Default::default()
+    let t0 = Instant::now();
+    let mut s = MediaSession::new(
+        SessionConfig {
+            ingest: IngestConfig {
+                jitter: JitterConfig {
+                    // The initial target only: the buffer adapts to the measured jitter.
+                    delay: Duration::from_millis(u64::from(o.jitter_ms)),
+                    ..Default::default()
+                },
+                payload_type: Some(111),
+            },
+            opus: RtpStreamParams {
+                ssrc: seed | 1,
+                payload_type: 111,
+                first_sequence: seed as u16,
+                first_timestamp: seed.rotate_left(7),
+            },
+            opus_bitrate_bps: o.opus_kbps * 1000,
+            aic: o.aic_dest.map(|_| AicTrack {
+                params: RtpStreamParams {
+                    ssrc: seed.rotate_left(13) | 2,
+                    payload_type: o.aic_pt,
+                    first_sequence: (seed >> 16) as u16,
+                    first_timestamp: seed.rotate_left(3),
+                },
+                ext_id: o.aic_ext_id,
+                model_tag,
+            }),
         },
-        payload_type: Some(111),
-    })?;
-    let mut opus = OpusEgress::new(
-        RtpStreamParams {
-            ssrc: seed | 1,
-            payload_type: 111,
-            first_sequence: seed as u16,
-            first_timestamp: seed.rotate_left(7),
-        },
-        o.opus_kbps * 1000,
+        t0,
     )?;
-    let mut aic = AicEgress::new(
-        RtpStreamParams {
-            ssrc: seed.rotate_left(13) | 2,
-            payload_type: o.aic_pt,
-            first_sequence: (seed >> 16) as u16,
-            first_timestamp: seed.rotate_left(3),
-        },
-        o.aic_ext_id,
-        model_tag,
-    );
-    let mut m = Measure::default();
-    // Arrival time of each frame in flight, by frame index (ring: the link holds few frames).
-    let mut arrivals = [(u64::MAX, None::<Instant>); 64];
-    let mut pcm = [0i16; FRAME_16K];
     let mut out = FrameOut {
         payload: Vec::with_capacity(1275),
         pcm16k: Vec::with_capacity(FRAME_16K),
         ..Default::default()
     };
     let mut buf = vec![0u8; 2048];
-    let mut pkt = Vec::with_capacity(1500);
     let mut in_flight = 0usize;
-    let t0 = Instant::now();
     let thread_cpu0 = cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0);
     let proc_cpu0 = cpu_seconds("/proc/self/stat").unwrap_or(0.0);
-    let ended_by = loop {
+    let ended_by = 'media: loop {
         if stop.load(Ordering::SeqCst) {
             break "signal";
         }
@@ -594,73 +575,30 @@ fn media_loop(
         if o.duration.is_some_and(|d| now - t0 >= d) {
             break "duration";
         }
-        // 1. Frames whose playout time has come go to the pipeline.
-        while let Some(f) = ingest.pop(now, &mut pcm) {
-            arrivals[(f.index % 64) as usize] = (f.index, f.arrived);
-            match link.try_send(f.index, &pcm, f.concealed()) {
-                Ok(()) => in_flight += 1,
-                Err(LinkFailure::Full) => m.full += 1,
-                Err(LinkFailure::PeerGone) => {
-                    return finish(
-                        o,
-                        ingest,
-                        m,
-                        &opus,
-                        &aic,
-                        t0,
-                        thread_cpu0,
-                        proc_cpu0,
-                        "pipeline gone",
-                    );
-                }
-                Err(e) => return Err(anyhow!("pipeline link: {e}")),
-            }
-        }
+        // 1. Due frames to the pipeline, packets to Janus.
+        s.handle_input(Input::Timeout(now))?;
+        let wake = match pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+            Ok(t) => t,
+            Err(why) => break why,
+        };
         // 2. Wait for the pipeline (frames in flight) or the network, never past the next
         //    playout deadline.
-        let until_due = ingest
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(now))
-            .unwrap_or(Duration::from_millis(50))
+        let until_due = wake
+            .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(50));
         if in_flight > 0 {
             let wait = until_due.min(Duration::from_millis(2));
             match link.recv_into(&mut out, wait) {
                 Ok(true) => {
                     in_flight -= 1;
-                    let (idx, arrived) = arrivals[(out.seq % 64) as usize];
-                    opus.packetize(out.seq, &out.pcm16k, &mut pkt)?;
-                    let _ = sock.send_to(&pkt, opus_dest);
-                    if let Some(dest) = o.aic_dest {
-                        aic.packetize(out.seq, &out.payload, out.level, out.fallback, &mut pkt)?;
-                        let _ = sock.send_to(&pkt, dest);
+                    s.handle_input(Input::Processed(Instant::now(), &out))?;
+                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+                        break why;
                     }
-                    let sent = Instant::now();
-                    if idx == out.seq
-                        && let Some(a) = arrived
-                    {
-                        m.latency_us.push((sent - a).as_micros() as u32);
-                    }
-                    m.pipeline_us.push(out.pipeline_us);
-                    m.frames_out += 1;
-                    m.fallback += u64::from(out.fallback);
-                    m.aic_bytes += out.payload.len() as u64;
                 }
                 Ok(false) => {}
-                Err(LinkFailure::PeerGone) => {
-                    return finish(
-                        o,
-                        ingest,
-                        m,
-                        &opus,
-                        &aic,
-                        t0,
-                        thread_cpu0,
-                        proc_cpu0,
-                        "pipeline gone",
-                    );
-                }
-                Err(e) => return Err(anyhow!("pipeline link: {e}")),
+                Err(LinkFailure::PeerGone) => break "pipeline gone",
+                Err(e) => bail!("pipeline link: {e}"),
             }
             sock.set_nonblocking(true)?;
         } else {
@@ -671,20 +609,10 @@ fn media_loop(
         loop {
             match sock.recv_from(&mut buf) {
                 Ok((n, _)) => {
-                    let now = Instant::now();
-                    m.first_in.get_or_insert(now);
-                    if let Ok(p) = aic_sfu_bridge::rtp::RtpPacket::parse(&buf[..n]) {
-                        if m.rtcp_rx.as_ref().is_none_or(|(ssrc, _)| *ssrc != p.ssrc) {
-                            m.rtcp_rx = Some((
-                                p.ssrc,
-                                aic_sfu_bridge::rtcp::ReceiverStats::new(p.ssrc, 48_000),
-                            ));
-                        }
-                        if let Some((_, rx)) = m.rtcp_rx.as_mut() {
-                            rx.on_rtp(now, p.sequence, p.timestamp);
-                        }
+                    s.handle_input(Input::Receive(Instant::now(), &buf[..n]))?;
+                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+                        break 'media why;
                     }
-                    let _ = ingest.push(now, &buf[..n]);
                     sock.set_nonblocking(true)?;
                 }
                 Err(e)
@@ -702,42 +630,14 @@ fn media_loop(
             }
         }
     };
-    finish(
-        o,
-        ingest,
-        m,
-        &opus,
-        &aic,
-        t0,
-        thread_cpu0,
-        proc_cpu0,
-        ended_by,
-    )
-}
-
-#[allow(clippy::too_many_arguments)] // the loop's state, handed over once
-fn finish(
-    _o: &Options,
-    ingest: Ingest,
-    m: Measure,
-    opus: &OpusEgress,
-    aic: &AicEgress,
-    t0: Instant,
-    thread_cpu0: f64,
-    proc_cpu0: f64,
-    ended_by: &'static str,
-) -> Result<MediaResult> {
-    let wall_s = m
+    let wall_s = s
+        .stats
         .first_in
         .map(|f| f.elapsed())
         .unwrap_or_else(|| t0.elapsed())
         .as_secs_f64();
     Ok(MediaResult {
-        ingest: ingest.stats,
-        opus_out_packets: opus.stats().packets,
-        opus_out_bytes: opus.stats().payload_bytes,
-        aic_packets: aic.stats().packets,
-        m,
+        session: s,
         wall_s,
         thread_cpu_s: cpu_seconds("/proc/thread-self/stat").unwrap_or(0.0) - thread_cpu0,
         process_cpu_s: cpu_seconds("/proc/self/stat").unwrap_or(0.0) - proc_cpu0,
@@ -746,7 +646,10 @@ fn finish(
 }
 
 fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
-    let i = &r.ingest;
+    let i = r.session.ingest_stats();
+    let j = r.session.jitter_stats();
+    let (opus_packets, opus_bytes) = r.session.opus_sent();
+    let aic_packets = r.session.aic_sent();
     // Bitrates over the frames each side carried (20 ms each): payload bytes only, so Opus and
     // AIC are compared on what their codecs spend; RTP/UDP/IP headers are the same for both.
     let kbps = |bytes: u64, frames: u64| {
@@ -756,9 +659,15 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
             bytes as f64 * 8.0 / (frames as f64 * 0.02) / 1000.0
         }
     };
+    let m = &r.session.stats;
     let publisher_kbps = kbps(i.payload_bytes, i.packets);
-    let aic_kbps = kbps(r.m.aic_bytes, r.m.frames_out);
-    let rtcp_rr = match r.m.rtcp_rx.as_mut() {
+    let aic_kbps = kbps(m.aic_bytes, m.frames_out);
+    let (frames_out, fallback, not_taken, stale) = (m.frames_out, m.fallback, m.not_taken, m.stale);
+    let latency = quantiles(&m.latency_us);
+    let pipeline = quantiles(&m.pipeline_us);
+    // Janus' `rtp_forward` takes no RTCP back for audio, so the receiver report of the
+    // forwarded stream is reported here rather than sent.
+    let rtcp_rr = match r.session.receiver_stats() {
         None => Value::Null,
         Some((ssrc, rx)) => {
             let b = rx.report(Instant::now());
@@ -768,6 +677,7 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
                    "jitter_ms": f64::from(b.jitter) / 48.0})
         }
     };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     json!({
         "room": o.room, "publisher": o.publisher, "mountpoint": o.mountpoint,
         "model": model_id, "level": o.level, "pipeline": o.pipeline,
@@ -777,14 +687,18 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
                    "wrong_payload_type": i.wrong_payload_type, "foreign_ssrc": i.foreign_ssrc,
                    "duplicates": i.duplicates, "late": i.late, "overflow": i.overflow},
         "frames": {"decoded": i.decoded, "fec": i.fec, "plc": i.plc, "decode_errors": i.decode_errors,
-                   "out": r.m.frames_out, "fallback": r.m.fallback, "link_full_dropped": r.m.full},
-        "rtp_out": {"opus_packets": r.opus_out_packets, "aic_packets": r.aic_packets},
+                   "silence": i.silence, "out": frames_out, "fallback": fallback,
+                   "link_full_dropped": not_taken, "stale_dropped": stale},
+        "rtp_out": {"opus_packets": opus_packets, "aic_packets": aic_packets},
         "bitrate_kbps": {"publisher_opus": publisher_kbps, "aic": aic_kbps,
-                         "opus_out": kbps(r.opus_out_bytes, r.opus_out_packets),
+                         "opus_out": kbps(opus_bytes, opus_packets),
                          "aic_vs_publisher": if publisher_kbps > 0.0 { aic_kbps / publisher_kbps } else { 0.0 }},
-        "latency_rtp_in_to_rtp_out": quantiles(&mut r.m.latency_us),
-        "latency_inside_pipeline": quantiles(&mut r.m.pipeline_us),
-        "jitter_buffer_ms": o.jitter_ms,
+        "latency_rtp_in_to_rtp_out": latency,
+        "latency_inside_pipeline": pipeline,
+        "jitter_buffer": {"initial_target_ms": o.jitter_ms, "target_ms": ms(j.target),
+                          "delay_ms": ms(j.delay), "level_ms": ms(j.level), "dropped": j.dropped,
+                          "grown": j.grown, "reanchors": j.reanchors, "silence": j.silence,
+                          "underflows": j.underflows, "lost": j.lost, "late": j.late},
         "rtcp_receiver_report": rtcp_rr,
         "cpu": {"media_thread_pct_of_core": 100.0 * r.thread_cpu_s / r.wall_s.max(1e-3),
                 "process_pct_of_core": 100.0 * r.process_cpu_s / r.wall_s.max(1e-3),

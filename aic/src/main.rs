@@ -129,7 +129,8 @@ struct AttachJanusArgs {
     /// Bitrate of the Opus re-encoded for legacy receivers, kbps.
     #[arg(long, default_value_t = 32)]
     opus_kbps: u32,
-    /// Jitter buffer playout delay, ms.
+    /// The jitter buffer's initial target delay, ms (20..=500); the buffer then adapts it to
+    /// the measured jitter (within 20..=300 ms).
     #[arg(long, default_value_t = 60)]
     jitter_ms: u32,
     /// Seconds to wait for the publisher's audio to appear in the room.

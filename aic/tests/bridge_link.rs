@@ -159,9 +159,9 @@ fn run_stream(s: &mut aic_sfu_bridge::link::LinkStream, x: &[i16], frames: usize
 
 #[test]
 fn speech_through_the_link_and_a_killed_client_frees_its_stream() {
-    // Two pipeline slots: exactly one link stream (encode + decode). A second stream can only
+    // One pipeline slot: exactly one link stream (one transcode stream). A second stream can only
     // open once the server has noticed that the first one's client died.
-    let srv = Server::start(2);
+    let srv = Server::start(1);
     let (_, key) = srv.new_key(0);
     let mut client = srv.client(&key);
     assert_eq!(client.model_id(), "aic-speech-v1");
@@ -375,11 +375,11 @@ fn usage(srv: &Server, key_id: &str) -> Option<(u64, f64, f64, u64, u64)> {
 /// slot), a key's `max_streams` holds, and a stream's media is metered to its key.
 #[test]
 fn keys_are_checked_limited_and_metered() {
-    // Four pipeline slots: two link streams. The allowed-uid list includes this process (root
-    // in the test environment, or whoever runs it).
+    // Two pipeline slots: two link streams (one transcode stream each). The allowed-uid list
+    // includes this process (root in the test environment, or whoever runs it).
     let uid = uid_of_this_process();
     let srv = Server::start_with(
-        4,
+        2,
         &[
             "--meter-flush-secs",
             "1",

@@ -17,7 +17,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
+/// The histogram type of [`SessionStats`].
+pub use hdrhistogram::Histogram;
 
 use crate::egress::{AicEgress, OpusEgress, RtpStreamParams};
 use crate::ingest::{Accepted, Ingest, IngestConfig, IngestStats};

@@ -692,7 +692,7 @@ fn inside_namespace(test: &str, impair: Impair) {
         "janus latency: {test} ({impair:?}): packets rtp-in->rtp-out p50 {:.1} ms p95 {:.1} ms \
          (n {}); signal AIC - direct p50 {:.1} ms p95 {:.1} ms over {} of {} 1 s windows \
          (per packet p50 {:.1} p95 {:.1} max {:.1} ms, n {}; {} windows refined on the waveform); \
-         subscriber gaps {} (direct {})",
+         subscriber gaps {} (direct {}); bridge jitter buffer {}",
         q(pkt, "p50_ms"),
         q(pkt, "p95_ms"),
         pkt["n"],
@@ -707,6 +707,7 @@ fn inside_namespace(test: &str, impair: Impair) {
         sig.refined,
         stats["gaps"],
         direct_stats["gaps"],
+        s["jitter_buffer"],
     );
     assert!(q(pkt, "p50_ms") > 0.0 && q(pkt, "p95_ms") < 1000.0, "{pkt}");
     assert!(

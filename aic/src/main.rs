@@ -131,7 +131,7 @@ struct AttachJanusArgs {
     opus_kbps: u32,
     /// The jitter buffer's initial target delay, ms (20..=500); the buffer then adapts it to
     /// the measured jitter (within 20..=300 ms).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 40)]
     jitter_ms: u32,
     /// Seconds to wait for the publisher's audio to appear in the room.
     #[arg(long, default_value_t = 10.0)]

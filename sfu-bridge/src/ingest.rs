@@ -563,7 +563,7 @@ mod tests {
         .unwrap();
         assert_eq!(ing.push(t0, &bad).unwrap(), Accepted::Buffered);
         let mut pcm = [0i16; FRAME_16K];
-        let got: Vec<_> = std::iter::from_fn(|| ing.pop(t0 + 80 * MS, &mut pcm)).collect();
+        let got: Vec<_> = std::iter::from_fn(|| ing.pop(t0 + 60 * MS, &mut pcm)).collect();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].source, FrameSource::Plc);
         assert_eq!(
@@ -606,7 +606,7 @@ mod tests {
             p[4..8].copy_from_slice(&ts.to_be_bytes());
         }
         let arrival = |k: usize| 20 * MS * (if k < 50 { k } else { k + 100 }) as u32;
-        let mut ing = Ingest::new(IngestConfig::default()).unwrap(); // adaptive, 60 ms at first
+        let mut ing = Ingest::new(IngestConfig::default()).unwrap(); // adaptive, 40 ms at first
         let t0 = Instant::now();
         let mut pcm = [0i16; FRAME_16K];
         let mut frames = Vec::new();
@@ -645,7 +645,7 @@ mod tests {
             .count() as u64;
         assert!(zeros + PLC_FADE as u64 * 2 >= s.silence, "{zeros} of {s:?}");
         // The talkspurt after the gap re-anchored at the (decayed) target, below the initial
-        // 60 ms.
+        // 40 ms.
         assert!(j.reanchors >= 2, "{j:?}");
         assert!(j.delay < 45 * MS, "{j:?}");
     }

@@ -106,7 +106,7 @@ impl Default for JitterConfig {
         Self {
             frame: Duration::from_millis(20),
             clock_rate: 48_000,
-            delay: Duration::from_millis(60),
+            delay: Duration::from_millis(40),
             min_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(300),
             capacity: 32,
@@ -963,7 +963,7 @@ mod tests {
             let pkts = stream(n, &mut rng, period, 40_000, 8_000);
             let (j, evs) = simulate(JitterConfig::default(), pkts, HOUR_US, |s| s % 4 == 0);
             let s = j.stats;
-            // After settling (the initial 60 ms target decays to the measured 20 ms), every
+            // After settling (the initial 40 ms target decays to the measured 20 ms), every
             // frame plays within ±10 ms of the target (+1 ms: the reference is the fastest
             // packet of the last 2 s, not the jitter-free path the test measures against).
             let mut worst = 0i64;
@@ -983,7 +983,7 @@ mod tests {
             assert!(s.played + s.dropped + 3 >= n, "{s:?}");
             assert_in_order(&evs);
             // 100 ppm of an hour is 360 ms = 18 frames: absorbed by drops (fast sender) or
-            // insertions (slow sender), plus 2 drops from the initial 60 ms down to 20 ms. The
+            // insertions (slow sender), plus 1 drop from the initial 40 ms down to 20 ms. The
             // band has no hysteresis beyond the frame: when the reference (fastest packet of the
             // last 2 s) moves by a fraction of a ms right after a correction, the opposite
             // correction can follow once (a drop and an insertion, both in quiet frames).

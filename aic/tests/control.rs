@@ -584,7 +584,10 @@ async fn usage_survives_sigterm_and_restart() {
     // The rest is sent once the server is in its grace period.
     let t0 = std::time::Instant::now();
     while !s.log().contains("shutting down") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no shutdown after SIGTERM");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no shutdown after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for f in &speech[10..] {

@@ -112,8 +112,8 @@ impl Server {
                 break;
             }
         }
-        let addr = addr
-            .unwrap_or_else(|| panic!("aic serve did not start:\n{}", log.lock().unwrap()));
+        let addr =
+            addr.unwrap_or_else(|| panic!("aic serve did not start:\n{}", log.lock().unwrap()));
         // Keep reading: the server never writes into a full or closed pipe, and tests can look.
         let l2 = log.clone();
         std::thread::spawn(move || {

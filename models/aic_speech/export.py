@@ -10,6 +10,12 @@ that onnxruntime run frame-by-frame with carried state matches the PyTorch
 whole-sequence output.
 
 Usage (from models/):  python -m aic_speech.export --ckpt CKPT --out aic-speech-v1/
+
+A model whose encoder and codebooks are another's (v2: v1's decoder fine-tuned, encoder and RVQ
+frozen) takes that model's entropy tables with `--entropy-from aic-speech-v1/` (its code
+statistics are the other model's; the export refuses if the codebooks differ). The encoder is
+exported from the checkpoint as trained: after a slim (fp16) checkpoint it is the other model's
+encoder rounded to fp16, so a rare frame may pick a different code than the other model would.
 """
 from __future__ import annotations
 
@@ -184,6 +190,9 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--entropy-minutes", type=float, default=15.0)
     ap.add_argument("--corpus-dir", default=None)
+    ap.add_argument("--model-id", default="aic-speech-v1")
+    ap.add_argument("--entropy-from", default=None,
+                    help="model dir whose entropy tables to reuse (same codebooks required)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
@@ -216,16 +225,24 @@ def main(argv=None):
     from .reference import write_reference
     print("reference:", write_reference(model, args.out))
 
-    counts = code_counts(model, root, args.entropy_minutes)
-    freqs = [to_frequencies(c) for c in counts]
-    used = [(c > 0).sum() for c in counts]
-    print("codes used per codebook:", used)
+    if args.entropy_from:
+        with open(os.path.join(args.entropy_from, "manifest.json")) as f:
+            other = json.load(f)
+        if other["codebooks"]["sha256"] != sha256(cb_path):
+            raise SystemExit(f"--entropy-from {args.entropy_from}: its codebooks differ")
+        freqs = other["entropy"]["frequencies"]
+        print(f"entropy tables from {other['model_id']} {other['model_version']}")
+    else:
+        counts = code_counts(model, root, args.entropy_minutes)
+        freqs = [to_frequencies(c) for c in counts]
+        used = [(c > 0).sum() for c in counts]
+        print("codes used per codebook:", used)
 
     from .data import read_manifest
     packages = sorted({r["package"] for r in read_manifest(root)})
     manifest = {
         "format": "aic-model-manifest", "format_version": 1,
-        "model_id": "aic-speech-v1", "model_version": f"0.1.0-step{step}",
+        "model_id": args.model_id, "model_version": f"0.1.0-step{step}",
         "sample_rate": SAMPLE_RATE, "frame_samples": FRAME,
         "decoder_delay_samples": OVERLAP, "algorithmic_latency_ms": 35,
         "latent_dim": latent_dim, "num_codebooks": n_q, "codebook_size": size,

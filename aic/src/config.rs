@@ -9,19 +9,44 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+/// The models `aic serve` loads when none is given (no `--model-dir`/`AIC_MODEL_DIRS`, no
+/// `--model`/`AIC_MODEL_DIR`, no `model_dirs` in the file): directories under the repository's
+/// `models/`, the default model first. Which model is the default is this one line.
+pub const DEFAULT_MODELS: &[&str] = &["aic-speech-v1"];
+
+/// Most model directories one server loads (each has its own pipeline and model sessions).
+pub const MAX_MODELS: usize = 8;
+
+/// [`DEFAULT_MODELS`] as directories.
+pub fn default_model_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models");
+    DEFAULT_MODELS.iter().map(|m| root.join(m)).collect()
+}
+
 /// Flags (each also read from its `AIC_*` variable).
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ServeArgs {
     /// TOML config file (keys as in `--print-config`).
     #[arg(long, env = "AIC_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A model directory to serve; repeat the flag (or comma-separate in the variable) to serve
+    /// several side by side, each picked by its `model_id`. The first is the default: requests
+    /// that name no model, and the bridge link [default: `--model`/AIC_MODEL_DIR if given, else
+    /// the repository's models/aic-speech-v1].
+    #[arg(long = "model-dir", env = "AIC_MODEL_DIRS", value_delimiter = ',')]
+    pub model_dirs: Vec<PathBuf>,
+    /// The global `--model`/`AIC_MODEL_DIR` (one directory), below `--model-dir`.
+    #[arg(skip)]
+    pub model: Option<PathBuf>,
     /// gRPC address [default: 127.0.0.1:50051].
     #[arg(long, env = "AIC_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Pipeline slots: concurrent streams (each gRPC session is one) [default: 64].
+    /// Pipeline slots: concurrent streams (each gRPC session and bridge stream is one), for the
+    /// whole server, every model together [default: 64].
     #[arg(long, env = "AIC_MAX_STREAMS")]
     pub max_streams: Option<usize>,
-    /// Pipeline worker threads (each loads its own model sessions) [default: one per CPU].
+    /// Pipeline worker threads per served model (each loads its own model sessions; two models
+    /// run twice as many) [default: one per CPU].
     #[arg(long, env = "AIC_WORKERS")]
     pub workers: Option<usize>,
     /// Prometheus metrics over HTTP here, or "off" [default: 127.0.0.1:9464].
@@ -113,6 +138,7 @@ pub struct ServeArgs {
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    model_dirs: Option<Vec<PathBuf>>,
     listen: Option<SocketAddr>,
     max_streams: Option<usize>,
     workers: Option<usize>,
@@ -143,6 +169,8 @@ pub struct FileConfig {
 /// Resolved settings.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// The served models' directories, the default first.
+    pub model_dirs: Vec<PathBuf>,
     pub listen: SocketAddr,
     pub max_streams: usize,
     pub workers: usize,
@@ -208,6 +236,13 @@ pub fn resolve(
         .or(f.data_dir)
         .unwrap_or_else(default_data_dir);
     let s = Settings {
+        // An empty list from clap is "not given"; the one-directory `--model` comes after the
+        // list flag and before the file.
+        model_dirs: Some(a.model_dirs.clone())
+            .filter(|v| !v.is_empty())
+            .or_else(|| a.model.clone().map(|m| vec![m]))
+            .or(f.model_dirs)
+            .unwrap_or_else(default_model_dirs),
         listen: a
             .listen
             .or(f.listen)
@@ -272,6 +307,15 @@ pub fn resolve(
             .or(f.auth_failures_per_minute)
             .unwrap_or(20),
     };
+    if !(1..=MAX_MODELS).contains(&s.model_dirs.len()) {
+        bail!(
+            "{} model directories; serve 1..={MAX_MODELS}",
+            s.model_dirs.len()
+        );
+    }
+    if let Some(d) = s.model_dirs.iter().find(|d| d.as_os_str().is_empty()) {
+        bail!("model_dirs has an empty entry ({d:?})");
+    }
     if !(1..=1024).contains(&s.max_streams) {
         bail!("max_streams {} not in 1..=1024", s.max_streams);
     }
@@ -417,6 +461,35 @@ mod tests {
         let s = resolve(&none, FileConfig::default(), None, 2).unwrap();
         assert_eq!(s.max_streams, 64);
         assert_eq!(s.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn model_dirs_follow_the_precedence() {
+        let f = || file("model_dirs = [\"m/a\", \"m/b\"]\n");
+        let none = ServeArgs::default();
+        let s = resolve(&none, FileConfig::default(), None, 1).unwrap();
+        assert_eq!(s.model_dirs, default_model_dirs());
+        assert_eq!(s.model_dirs.len(), DEFAULT_MODELS.len());
+        let s = resolve(&none, f(), None, 1).unwrap();
+        assert_eq!(s.model_dirs, [PathBuf::from("m/a"), PathBuf::from("m/b")]);
+        let legacy = ServeArgs {
+            model: Some("m/x".into()),
+            ..ServeArgs::default()
+        };
+        let s = resolve(&legacy, f(), None, 1).unwrap();
+        assert_eq!(s.model_dirs, [PathBuf::from("m/x")]);
+        let flags = ServeArgs {
+            model_dirs: vec!["m/c".into(), "m/d".into()],
+            model: Some("m/x".into()),
+            ..ServeArgs::default()
+        };
+        let s = resolve(&flags, f(), None, 1).unwrap();
+        assert_eq!(s.model_dirs, [PathBuf::from("m/c"), PathBuf::from("m/d")]);
+        let many = ServeArgs {
+            model_dirs: vec!["m".into(); MAX_MODELS + 1],
+            ..ServeArgs::default()
+        };
+        assert!(resolve(&many, FileConfig::default(), None, 1).is_err());
     }
 
     #[test]

@@ -101,6 +101,7 @@ async fn session(
         sample_rate: 16_000,
         latency_budget_ms: 0,
         reference_opus_kbps: 0,
+        model_id: String::new(),
     };
     tx.send(EncodeRequest {
         msg: Some(encode_request::Msg::Open(open)),

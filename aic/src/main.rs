@@ -328,7 +328,8 @@ fn run(cli: Cli) -> Result<()> {
     let reg = registry(cli.model.as_deref());
     let model_dir = cli.model.clone();
     match cli.cmd {
-        Cmd::Serve(args) => {
+        Cmd::Serve(mut args) => {
+            args.model = model_dir;
             let file = match &args.config {
                 Some(p) => config::read_file(p)?,
                 None => config::FileConfig::default(),
@@ -342,9 +343,8 @@ fn run(cli: Cli) -> Result<()> {
                 return Ok(());
             }
             config::init_logging(&s);
-            let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
             aic_service::run(
-                &dir,
+                &s.model_dirs,
                 &aic_service::Options {
                     listen: s.listen,
                     max_streams: s.max_streams,

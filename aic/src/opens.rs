@@ -80,6 +80,7 @@ async fn one(mut c: CodecServiceClient<tonic::transport::Channel>, key: String) 
             sample_rate: 16_000,
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
+            model_id: String::new(),
         })),
     };
     let frame = EncodeRequest {

@@ -87,6 +87,7 @@ fn enc_open(level: u32) -> EncodeRequest {
             sample_rate: 16_000,
             latency_budget_ms: 0,
             reference_opus_kbps: 24,
+            model_id: String::new(),
         })),
     }
 }
@@ -295,6 +296,7 @@ async fn keys_policies_limits_metering_and_audit() {
         rtt_ms: 40.0,
         jitter_ms: 5.0,
         mode: mode as i32,
+        model_id: String::new(),
     };
     let e = c
         .hints(bearer(&b, hints(pb::HintMode::Adaptive)))

@@ -30,6 +30,7 @@ fn open_with(level: u32, reference_opus_kbps: u32, codec: &str) -> EncodeRequest
             sample_rate: 16_000,
             latency_budget_ms: 0,
             reference_opus_kbps,
+            model_id: String::new(),
         })),
     }
 }
@@ -224,6 +225,7 @@ async fn timeouts_bounds_and_size_limits() {
                 rtt_ms: f64::INFINITY,
                 jitter_ms: f64::NAN,
                 mode: 0,
+                model_id: String::new(),
             })
             .await
             .unwrap_err();

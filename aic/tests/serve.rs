@@ -69,6 +69,7 @@ fn enc_open(level: u32, rate: u32) -> EncodeRequest {
             sample_rate: rate,
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
+            model_id: String::new(),
         })),
     }
 }
@@ -372,6 +373,7 @@ async fn hints_come_from_the_measured_table() {
         rtt_ms: 40.0,
         jitter_ms: 5.0,
         mode: mode as i32,
+        model_id: String::new(),
     };
     let low = c
         .hints(ask(3.0, 0.0, HintMode::Adaptive))
@@ -412,6 +414,7 @@ async fn unary_clips_round_trip_and_respect_the_size_limit() {
         sample_rate: 16_000,
         latency_budget_ms: 0,
         reference_opus_kbps: 0,
+        model_id: String::new(),
     };
     let enc = c
         .encode(EncodeClipRequest {
@@ -564,4 +567,267 @@ async fn opus_in_and_opus_out_for_legacy_endpoints() {
     let card = support::card_stoi("aic", "L6");
     eprintln!("Opus in, AIC L6, Opus out: STOI {stoi:.3} at lag {lag} (card L6 {card:.3})");
     assert!(stoi > card - 0.05, "STOI {stoi:.3}, card L6 {card:.3}");
+}
+
+/// A copy of the shipped model under another `model_id` (the manifest's sha256 fields are the
+/// graph files', so only the id changes): a second model to serve beside the first. Frames of
+/// the two differ in their CRC key (the model tag covers the id).
+fn model_copy(into: &Path, id: &str) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/aic-speech-v1");
+    let dst = into.join(id);
+    std::fs::create_dir(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+    let path = dst.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    m["model_id"] = id.into();
+    std::fs::write(&path, serde_json::to_string_pretty(&m).unwrap()).unwrap();
+    dst
+}
+
+fn enc_open_for(model_id: &str, level: u32) -> EncodeRequest {
+    EncodeRequest {
+        msg: Some(encode_request::Msg::Open(EncodeOpen {
+            codec: "aic".into(),
+            level,
+            sample_rate: 16_000,
+            latency_budget_ms: 0,
+            reference_opus_kbps: 0,
+            model_id: model_id.into(),
+        })),
+    }
+}
+
+/// Encodes `frames` of speech with `model_id` in a session; the frames (fallbacks as losses).
+async fn encode_with(
+    c: &mut CodecServiceClient<Channel>,
+    model_id: &str,
+    frames: usize,
+) -> Result<Vec<Vec<u8>>, tonic::Status> {
+    let mut reqs = vec![enc_open_for(model_id, 4)];
+    reqs.extend(speech_s16le(frames, 16_000).into_iter().map(pcm));
+    let mut out: Vec<_> = c
+        .encode_stream(tokio_stream::iter(reqs))
+        .await?
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await?;
+    out.sort_by_key(|r| r.seq);
+    assert_eq!(out.len(), frames);
+    Ok(out
+        .into_iter()
+        .map(|r| match r.frame.unwrap() {
+            encode_response::Frame::Aic(b) => b,
+            encode_response::Frame::OpusFallback(_) => Vec::new(),
+        })
+        .collect())
+}
+
+/// Decodes `frames` under `model_id` in a session; the 16 kHz PCM, or the status that ended it.
+async fn decode_with(
+    c: &mut CodecServiceClient<Channel>,
+    model_id: &str,
+    frames: &[Vec<u8>],
+) -> Result<Vec<i16>, tonic::Status> {
+    let mut reqs = vec![DecodeRequest {
+        msg: Some(decode_request::Msg::Open(DecodeOpen {
+            codec: "aic".into(),
+            model_id: model_id.into(),
+            sample_rate: 16_000,
+            ..Default::default()
+        })),
+    }];
+    reqs.extend(frames.iter().map(|b| DecodeRequest {
+        msg: Some(decode_request::Msg::Aic(b.clone())),
+    }));
+    let mut out: Vec<_> = c
+        .decode_stream(tokio_stream::iter(reqs))
+        .await?
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await?;
+    out.sort_by_key(|r| r.seq);
+    Ok(out
+        .iter()
+        .flat_map(|r| {
+            r.pcm_s16le
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_models_side_by_side_picked_by_model_id_share_one_slot_count() {
+    use aic_proto::v1::{DecodeClipRequest, EncodeClipRequest, HintMode, HintsRequest};
+    const COPY: &str = "aic-speech-v1-copy";
+    let tmp = tempfile::tempdir().unwrap();
+    let v1 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/aic-speech-v1");
+    let copy = model_copy(tmp.path(), COPY);
+    let (v1s, copys) = (v1.to_str().unwrap(), copy.to_str().unwrap());
+
+    // Two directories with one model_id: refused at startup, naming both.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+        ])
+        .args(["--auth", "off", "--model-dir", v1s, "--model-dir", copys])
+        .args(["--model-dir", v1s])
+        .env("AIC_DATA_DIR", tmp.path().join("data-dup"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.matches(v1s).count() >= 2 && err.contains("aic-speech-v1"),
+        "the error names the id and both directories: {err}"
+    );
+
+    // One slot for the whole server, two models.
+    let s = Server(support::Server::start(&[
+        "--model-dir",
+        v1s,
+        "--model-dir",
+        copys,
+        "--max-streams",
+        "1",
+        "--workers",
+        "1",
+        "--auth",
+        "off",
+    ]));
+    assert!(s.0.log().contains(COPY), "{}", s.0.log());
+    let mut c = s.client().await;
+    let models = c
+        .list_models(ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models;
+    let ids: Vec<_> = models.iter().map(|m| m.model_id.as_str()).collect();
+    assert_eq!(ids, ["aic-speech-v1", COPY], "the default first");
+    assert!(models.iter().all(|m| m.levels.len() == 8), "{models:?}");
+
+    // Each model round-trips speech in sessions named by its id.
+    let frames = 30;
+    let reference = support::to_16k(&support::speech_pcm(frames), 16_000);
+    let card = support::card_stoi("aic", "L4");
+    let mut encoded = Vec::new();
+    for id in ["aic-speech-v1", COPY] {
+        let aic = encode_with(&mut c, id, frames).await.unwrap();
+        assert!(aic.iter().filter(|b| !b.is_empty()).count() >= frames * 3 / 4);
+        let pcm = decode_with(&mut c, id, &aic).await.unwrap();
+        let (stoi, lag) = support::best_lag_stoi(&reference, &support::to_16k(&pcm, 16_000), 800);
+        eprintln!("{id}: STOI {stoi:.3} at lag {lag} (card L4 {card:.3})");
+        assert!(
+            stoi > card - 0.05,
+            "{id}: STOI {stoi:.3}, card L4 {card:.3}"
+        );
+        encoded.push(aic);
+    }
+
+    // No model_id: the first model.
+    let clip = |model_id: &str| EncodeClipRequest {
+        open: Some(EncodeOpen {
+            codec: "aic".into(),
+            level: 2,
+            sample_rate: 16_000,
+            latency_budget_ms: 0,
+            reference_opus_kbps: 0,
+            model_id: model_id.into(),
+        }),
+        pcm_s16le: speech_s16le(3, 16_000).concat(),
+    };
+    let enc = c.encode(clip("")).await.unwrap().into_inner();
+    assert_eq!(enc.model_id, "aic-speech-v1");
+    let enc = c.encode(clip(COPY)).await.unwrap().into_inner();
+    assert_eq!(enc.model_id, COPY);
+    // The default model's frames decode without a model_id.
+    decode_with(&mut c, "", &encoded[0]).await.unwrap();
+
+    // An unknown id: INVALID_ARGUMENT naming the served ones, for every kind of call.
+    let e = encode_with(&mut c, "aic-speech-v9", 2).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains(COPY), "{e}");
+    let e = decode_with(&mut c, "aic-speech-v9", &encoded[0][..2])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let e = c.encode(clip("aic-speech-v9")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    let hints = |model_id: &str| HintsRequest {
+        bandwidth_kbps: 3.0,
+        loss: 0.0,
+        rtt_ms: 40.0,
+        jitter_ms: 5.0,
+        mode: HintMode::Adaptive as i32,
+        model_id: model_id.into(),
+    };
+    let e = c.hints(hints("aic-speech-v9")).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Each model's own table answers Hints.
+    for id in ["", "aic-speech-v1", COPY] {
+        let h = c.hints(hints(id)).await.unwrap().into_inner();
+        assert!(h.use_aic && h.expected_stoi.is_some(), "{id}: {h:?}");
+    }
+
+    // Frames of one model sent to the other: a clear error naming the model, not concealment.
+    let e = decode_with(&mut c, COPY, &encoded[0]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("\"aic-speech-v1\""), "{e}");
+    let e = c
+        .decode(DecodeClipRequest {
+            open: Some(DecodeOpen {
+                codec: "aic".into(),
+                model_id: "aic-speech-v1".into(),
+                sample_rate: 16_000,
+                ..Default::default()
+            }),
+            frames: encoded[1].clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains(COPY), "{e}");
+
+    // The slot count is the server's: a session open on one model leaves none for the other.
+    let (hold_tx, hold_rx) = mpsc::channel(8);
+    hold_tx.send(enc_open_for("", 4)).await.unwrap();
+    hold_tx
+        .send(pcm(speech_s16le(1, 16_000).remove(0)))
+        .await
+        .unwrap();
+    let mut hold = c
+        .encode_stream(ReceiverStream::new(hold_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    hold.next().await.unwrap().unwrap(); // open, and through the pipeline
+    let mut c2 = s.client().await;
+    let e = encode_with(&mut c2, COPY, 2).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    assert!(e.message().contains("all 1 pipeline slots"), "{e}");
+    // Given back when the session ends.
+    drop(hold_tx);
+    while hold.next().await.is_some() {}
+    let mut tries = 0;
+    loop {
+        match encode_with(&mut c2, COPY, 2).await {
+            Ok(f) => break assert_eq!(f.len(), 2),
+            Err(e) if e.code() == Code::ResourceExhausted && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the slot was not given back: {e}"),
+        }
+    }
 }

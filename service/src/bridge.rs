@@ -214,6 +214,8 @@ impl<K: Eq + Hash + Clone> LogLimiter<K> {
 struct Shared {
     pipeline: Arc<Pipeline>,
     model_id: String,
+    /// The server's slots (gRPC sessions of every model take them too).
+    slots: Arc<crate::Slots>,
     gate: Arc<Gate>,
     rt: tokio::runtime::Handle,
     limits: Limits,
@@ -363,6 +365,7 @@ pub fn start(
     path: &Path,
     pipeline: Arc<Pipeline>,
     model_id: String,
+    slots: Arc<crate::Slots>,
     gate: Arc<Gate>,
     limits: Limits,
 ) -> Result<BridgeServer> {
@@ -375,6 +378,7 @@ pub fn start(
     let shared = Arc::new(Shared {
         pipeline,
         model_id,
+        slots,
         gate,
         rt: rt.clone(),
         limits,
@@ -537,15 +541,16 @@ fn serve_conn(
         }
     };
     let ref_bytes = f64::from(stream_cfg.fallback_bitrate_bps) / 8.0 * 0.02;
-    let stream = match sh.pipeline.open(stream_cfg) {
-        Ok(h) => h,
+    // One of the server's slots (shared with the gRPC sessions of every model), then the
+    // pipeline's own; both are held until the reader and the writer are done.
+    let (push, outputs, server_slot) = match sh.slots.open(&sh.pipeline, stream_cfg) {
+        Ok(s) => s,
         Err(e) => return sh.refuse(conn, &peer, engine_code(&e), &e.to_string()),
     };
     let (mut rx, mut tx) = conn.accept_open(&sh.model_id)?;
     tracing::debug!(peer_uid = peer.uid, peer_pid = peer.pid, key = %ticket.key_id,
         level = cfg.level, "bridge: stream opened");
     let counters = ticket.meter.counters.clone();
-    let (push, outputs) = stream.split();
     // The reader owns the stream (dropping it ends the stream once drained); the writer only
     // hands spent outputs back through it while it lives.
     let push = Arc::new(push);
@@ -556,7 +561,7 @@ fn serve_conn(
     // Writer → reader: the PCM vectors of spent outputs, for the next frames in.
     let (spare_tx, spare_rx) = mpsc::sync_channel::<Vec<f32>>(IN_FLIGHT + 1);
     let level = cfg.level;
-    let (sh2, slot2) = (sh.clone(), slot.clone());
+    let (sh2, slot2, server_slot2) = (sh.clone(), slot.clone(), server_slot.clone());
     std::thread::Builder::new()
         .name("aic-bridge-writer".into())
         .spawn(move || {
@@ -573,6 +578,7 @@ fn serve_conn(
                 "bridge: stream ended");
             drop(ticket);
             drop(slot2);
+            drop(server_slot2);
         })?;
     // This thread is the reader.
     let mut pcm = Vec::with_capacity(FRAME_16K);

@@ -10,28 +10,27 @@ use aic_pipeline::engine::{Output, Payload, StreamConfig};
 use aic_proto::v1::{DecodeClipRequest, DecodeClipResponse, EncodeClipRequest, EncodeClipResponse};
 use tonic::Status;
 
+use crate::models::Slots;
 use crate::svc::{
-    IN_FLIGHT, STALL, Svc, budget, check_rate, encode_response_of, ex, meter_encoded, open_error,
-    opus_kbps, pcm_from_s16le, reference_frame_bytes, s16le_from_pcm,
+    IN_FLIGHT, STALL, Svc, budget, check_rate, encode_response_of, ex, meter_encoded, opus_kbps,
+    pcm_from_s16le, reference_frame_bytes, s16le_from_pcm,
 };
 
 /// Longest clip the unary RPCs take; longer audio belongs on the streaming RPCs.
 const MAX_CLIP_SECONDS: usize = 60;
 
 /// Runs a whole clip through a pipeline stream with the same flow control as a streaming
-/// session (at most `IN_FLIGHT` frames inside), on a blocking thread; outputs in input order.
+/// session (at most `IN_FLIGHT` frames inside), on a blocking thread, holding one of the
+/// server's slots; outputs in input order.
 fn run_clip<T: Send + 'static>(
     pipeline: Arc<Pipeline>,
-    slots: usize,
+    slots: Arc<Slots>,
     cfg: StreamConfig,
     items: Vec<T>,
     push: impl Fn(&StreamSender, T) -> Result<(), aic_pipeline::driver::Closed> + Send + 'static,
 ) -> tokio::task::JoinHandle<Result<Vec<Output>, Status>> {
     tokio::task::spawn_blocking(move || {
-        let (sender, outputs) = pipeline
-            .open(cfg)
-            .map_err(|e| open_error(e, slots))?
-            .split();
+        let (sender, outputs, _slot) = slots.open_status(&pipeline, cfg)?;
         let n = items.len();
         let mut got = Vec::with_capacity(n);
         for (sent, item) in items.into_iter().enumerate() {
@@ -53,6 +52,10 @@ fn run_clip<T: Send + 'static>(
             );
         }
         got.sort_by_key(|o| o.seq);
+        // Until the engine has closed the stream (its output channel ends), its pipeline slot
+        // is not free: the server's slot is given back after that, not before.
+        drop(sender);
+        let _ = outputs.recv_timeout(STALL);
         Ok(got)
     })
 }
@@ -66,7 +69,7 @@ impl Svc {
         let open = r
             .open
             .ok_or_else(|| Status::invalid_argument("`open` is required"))?;
-        let level = self.check_encode_open(&open, self.cap(grant))?;
+        let (served, level) = self.check_encode_open(&open, grant)?;
         let ticket = self.gate.admit(grant, Want::Encode { level })?;
         let samples = r.pcm_s16le.len() / 2;
         if samples > MAX_CLIP_SECONDS * open.sample_rate as usize {
@@ -108,9 +111,13 @@ impl Svc {
         metrics::counter!("aic_bytes_in_total", "method" => "Encode")
             .increment(r.pcm_s16le.len() as u64);
         ticket.meter.counters.bytes_in(r.pcm_s16le.len() as u64);
-        let outs = run_clip(self.pipeline.clone(), self.slots, cfg, frames, |s, f| {
-            s.push_pcm(f)
-        })
+        let outs = run_clip(
+            served.pipeline.clone(),
+            self.slots.clone(),
+            cfg,
+            frames,
+            |s, f| s.push_pcm(f),
+        )
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         let ref_bytes = reference_frame_bytes(opus_kbps(
@@ -131,7 +138,7 @@ impl Svc {
             .collect::<Result<Vec<_>, Status>>()?;
         Ok(EncodeClipResponse {
             frames,
-            model_id: self.model.manifest.model_id.clone(),
+            model_id: served.id().to_owned(),
         })
     }
 
@@ -149,13 +156,7 @@ impl Svc {
                 ex(&open.codec)
             )));
         }
-        if !open.model_id.is_empty() && open.model_id != self.model.manifest.model_id {
-            return Err(Status::failed_precondition(format!(
-                "clip was encoded with model {}; this server has {:?}",
-                ex(&open.model_id),
-                self.model.manifest.model_id
-            )));
-        }
+        let served = self.models.pick(&open.model_id)?;
         check_rate(open.sample_rate)?;
         if r.frames.len() > MAX_CLIP_SECONDS * 50 {
             return Err(Status::resource_exhausted(format!(
@@ -170,6 +171,11 @@ impl Svc {
                 f.len()
             )));
         }
+        // Frames of another served model are refused with its name, before any model work.
+        let mut check = self.models.frame_check(served);
+        for (n, f) in r.frames.iter().enumerate() {
+            check.check(n as u64, f)?;
+        }
         let mut cfg = StreamConfig::decode();
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(grant, Want::Decode)?;
@@ -177,9 +183,13 @@ impl Svc {
             .meter
             .counters
             .bytes_in(r.frames.iter().map(|f| f.len() as u64).sum());
-        let outs = run_clip(self.pipeline.clone(), self.slots, cfg, r.frames, |s, f| {
-            s.push_aic((!f.is_empty()).then_some(f))
-        })
+        let outs = run_clip(
+            served.pipeline.clone(),
+            self.slots.clone(),
+            cfg,
+            r.frames,
+            |s, f| s.push_aic((!f.is_empty()).then_some(f)),
+        )
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         let mut rs = if open.sample_rate == 16_000 {

@@ -20,28 +20,31 @@ use crate::{Context as _, Options, Result, TlsFiles};
 /// Serves until `shutdown` completes and the grace period after it is over (or the server
 /// fails); open sessions are cut when it returns.
 pub(crate) async fn serve(
-    model_dir: &Path,
     opts: &Options,
     started: &Started,
     control: aic_control::service::Control,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let Started {
-        model,
-        pipeline,
+        models,
         gate,
         slots,
         tenant_cap,
         token_made,
         ..
     } = started;
-    let (model, slots, tenant_cap, token_made) = (model.clone(), *slots, *tenant_cap, *token_made);
+    let (tenant_cap, token_made) = (*tenant_cap, *token_made);
     if let Some(addr) = opts.metrics_listen {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("cannot serve /metrics on {addr}"))?;
-        tokio::spawn(publish_pipeline_metrics(pipeline.clone()));
+        for m in models.all() {
+            tokio::spawn(publish_pipeline_metrics(
+                m.pipeline.clone(),
+                m.id().to_owned(),
+            ));
+        }
     }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -67,19 +70,26 @@ pub(crate) async fn serve(
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     // The first line on stderr names the address (tests and scripts read it; port 0 works).
+    let served: Vec<String> = models
+        .all()
+        .iter()
+        .map(|m| format!("{} {}", m.id(), m.model.manifest.model_version))
+        .collect();
     eprintln!(
-        "aic serve: listening on {addr} (model {} {}, {slots} slots, {}; tenant share {tenant_cap})",
-        model.manifest.model_id,
-        model.manifest.model_version,
+        "aic serve: listening on {addr} ({} {}, {} slots, {}; tenant share {tenant_cap})",
+        if served.len() == 1 { "model" } else { "models" },
+        served.join(", "),
+        slots.max(),
         if opts.tls.is_some() {
             "TLS"
         } else {
             "plaintext"
         }
     );
-    let table = crate::hints::load_table(model_dir);
-    if let Err(why) = &table {
-        eprintln!("aic serve: Hints unavailable: {why}");
+    for m in models.all() {
+        if let Err(why) = &m.table {
+            eprintln!("aic serve: Hints unavailable for {}: {why}", m.id());
+        }
     }
     if let Some(path) = &opts.bridge_socket {
         eprintln!("aic serve: bridge link on {}", path.display());
@@ -101,13 +111,11 @@ pub(crate) async fn serve(
     );
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     let svc = Svc {
-        pipeline: pipeline.clone(),
-        slots,
+        models: models.clone(),
+        slots: slots.clone(),
         first_message_timeout: opts.first_message_timeout,
         idle_timeout: opts.idle_timeout,
         cut: cut_rx,
-        model,
-        table,
         gate: gate.clone(),
     };
     let signalled = Arc::new(tokio::sync::Notify::new());
@@ -162,9 +170,9 @@ fn tls_config(t: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig> {
     Ok(c)
 }
 
-/// Copies the pipeline's own metrics (histograms and counters kept by the engine) into the
-/// Prometheus registry once a second.
-async fn publish_pipeline_metrics(p: Arc<Pipeline>) {
+/// Copies a model's pipeline's own metrics (histograms and counters kept by the engine) into
+/// the Prometheus registry once a second, labelled with the model id.
+async fn publish_pipeline_metrics(p: Arc<Pipeline>, model: String) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -182,7 +190,7 @@ async fn publish_pipeline_metrics(p: Arc<Pipeline>) {
             ("aic_pipeline_backend_errors_total", m.backend_errors),
             ("aic_pipeline_rejected_streams_total", m.rejected_streams),
         ] {
-            metrics::counter!(name).absolute(v);
+            metrics::counter!(name, "model" => model.clone()).absolute(v);
         }
         for (name, h) in [
             ("aic_pipeline_frame_latency_seconds", &m.e2e_latency),
@@ -190,9 +198,11 @@ async fn publish_pipeline_metrics(p: Arc<Pipeline>) {
             ("aic_pipeline_model_call_seconds", &m.model_time),
         ] {
             for (q, label) in [(0.5, "0.5"), (0.95, "0.95"), (0.99, "0.99")] {
-                metrics::gauge!(name, "quantile" => label).set(h.quantile(q) as f64 / 1e6);
+                metrics::gauge!(name, "quantile" => label, "model" => model.clone())
+                    .set(h.quantile(q) as f64 / 1e6);
             }
         }
-        metrics::gauge!("aic_pipeline_batch_size_mean").set(m.batch_size.mean());
+        metrics::gauge!("aic_pipeline_batch_size_mean", "model" => model.clone())
+            .set(m.batch_size.mean());
     }
 }

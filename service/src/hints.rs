@@ -1,5 +1,5 @@
-//! `Hints` (level-or-Opus from the model's measured rate–quality table, capped at the key's
-//! level) and `ListModels`.
+//! `Hints` (level-or-Opus from the named model's measured rate–quality table, capped at the
+//! key's level) and `ListModels` (every served model, the default first).
 
 use std::path::Path;
 
@@ -11,7 +11,8 @@ use aic_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::svc::{Svc, code_name, count_rpc};
+use crate::models::Served;
+use crate::svc::{Svc, cap, code_name, count_rpc};
 
 impl Svc {
     pub(crate) fn hints_inner(
@@ -19,7 +20,8 @@ impl Svc {
         grant: &KeyGrant,
         r: HintsRequest,
     ) -> Result<HintsResponse, Status> {
-        let table = self
+        let served = self.models.pick(&r.model_id)?;
+        let table = served
             .table
             .as_ref()
             .map_err(|why| Status::failed_precondition(why.clone()))?;
@@ -56,7 +58,7 @@ impl Svc {
         let mut h = table
             .hint(&net, mode)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let cap = self.cap(grant);
+        let cap = cap(served, grant);
         if h.use_aic && u32::from(h.level) > cap {
             // Never recommend a level the key may not encode at.
             h.level = cap as u8;
@@ -71,7 +73,7 @@ impl Svc {
                     h.expected = row.clone();
                 }
                 None => {
-                    h.bitrate_kbps = expected_kbps(&self.model, h.level);
+                    h.bitrate_kbps = expected_kbps(&served.model, h.level);
                     h.expected.stoi = None;
                     h.expected.pesq_wb = None;
                     h.expected.visqol = None;
@@ -103,25 +105,30 @@ impl Svc {
             .admit(&grant, Want::ListModels)
             .inspect_err(|e| count_rpc("ListModels", code_name(e)))
             .map(drop)?;
-        let m = &self.model.manifest;
         Ok(Response::new(ListModelsResponse {
-            models: vec![ModelInfo {
-                model_id: m.model_id.clone(),
-                model_version: m.model_version.clone(),
-                sample_rate: m.sample_rate,
-                frame_ms: (m.frame_samples as u32 * 1000) / m.sample_rate,
-                algorithmic_latency_ms: (m.frame_samples + m.decoder_delay_samples) as f64 * 1000.0
-                    / f64::from(m.sample_rate),
-                levels: m
-                    .levels
-                    .iter()
-                    .map(|&l| Level {
-                        level: u32::from(l),
-                        bitrate_kbps: expected_kbps(&self.model, l),
-                    })
-                    .collect(),
-            }],
+            models: self.models.all().iter().map(model_info).collect(),
         }))
+    }
+}
+
+/// What `ListModels` says about one served model.
+fn model_info(served: &Served) -> ModelInfo {
+    let m = &served.model.manifest;
+    ModelInfo {
+        model_id: m.model_id.clone(),
+        model_version: m.model_version.clone(),
+        sample_rate: m.sample_rate,
+        frame_ms: (m.frame_samples as u32 * 1000) / m.sample_rate,
+        algorithmic_latency_ms: (m.frame_samples + m.decoder_delay_samples) as f64 * 1000.0
+            / f64::from(m.sample_rate),
+        levels: m
+            .levels
+            .iter()
+            .map(|&l| Level {
+                level: u32::from(l),
+                bitrate_kbps: expected_kbps(&served.model, l),
+            })
+            .collect(),
     }
 }
 

@@ -14,11 +14,16 @@
 //! short-TTL cache, never per frame), is held to the key's policy and concurrent-session limit,
 //! and is metered until it ends; usage is flushed to the store periodically and at shutdown.
 //!
-//! Modules, one concern each: `bootstrap` (model, control plane, pipeline, bridge; the wind-down),
-//! `grpc` (the tonic server, TLS, limits, health, reflection, `/metrics`, shutdown), `svc` (the
-//! `CodecService` implementation and the checks its RPCs share), `session` (streaming
-//! sessions), `clip` (unary Encode/Decode), `hints` (Hints, ListModels), [`bridge`] (the bridge
-//! link server).
+//! Several models may be served side by side (`aic serve --model-dir A --model-dir B`): each
+//! has its own pipeline, requests pick one by `model_id` (empty: the first, the default), and
+//! one slot count (`max_streams`) holds for all of them together.
+//!
+//! Modules, one concern each: `bootstrap` (models, control plane, pipelines, bridge; the
+//! wind-down), `grpc` (the tonic server, TLS, limits, health, reflection, `/metrics`,
+//! shutdown), `svc` (the `CodecService` implementation and the checks its RPCs share), `models`
+//! (the served models, picked by `model_id`; the server's one slot count; frames of the wrong
+//! model), `session` (streaming sessions), `clip` (unary Encode/Decode), `hints` (Hints,
+//! ListModels), [`bridge`] (the bridge link server).
 
 pub mod bridge;
 
@@ -26,11 +31,14 @@ mod bootstrap;
 mod clip;
 mod grpc;
 mod hints;
+mod models;
 mod session;
 mod svc;
 
+pub use models::{Slot, Slots};
+
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aic_control::gate::Auth;
@@ -38,10 +46,11 @@ use aic_control::gate::Auth;
 /// Everything `aic serve` is configured with (`aic`'s settings: flag > `AIC_*` > file > default).
 pub struct Options {
     pub listen: SocketAddr,
+    /// Pipeline slots of the whole server: open sessions over every model (and the bridge).
     pub max_streams: usize,
     /// Prometheus `/metrics` over HTTP (None: off).
     pub metrics_listen: Option<SocketAddr>,
-    /// Pipeline worker threads, each with its own model sessions.
+    /// Pipeline worker threads per served model, each with its own model sessions.
     pub workers: usize,
     /// Serve the bridge link (`aic_sfu_bridge::link`) on this Unix socket (None: off).
     pub bridge_socket: Option<std::path::PathBuf>,
@@ -112,14 +121,16 @@ pub struct TlsFiles {
     pub client_ca: Option<std::path::PathBuf>,
 }
 
-/// Serves until `shutdown` completes (then: no new sessions, open ones get the grace period),
-/// and returns once usage is flushed. `aic serve` passes [`shutdown_signal`].
+/// Serves every model in `model_dirs` side by side (the first is the default: requests that
+/// name no `model_id`, and the bridge link) until `shutdown` completes (then: no new sessions,
+/// open ones get the grace period), and returns once usage is flushed. `aic serve` passes
+/// [`shutdown_signal`].
 pub fn run(
-    model_dir: &Path,
+    model_dirs: &[PathBuf],
     opts: &Options,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let models = bootstrap::load_models(model_dir, opts.workers)?;
+    let models = bootstrap::load_models(model_dirs, opts.workers.min(opts.max_streams))?;
     // One blocking thread per open session forwards its outputs (plus a few for unary clips
     // and the store): bounded by the slot count, so a flood of sessions cannot make threads
     // without limit (the slots refuse them first).
@@ -130,7 +141,7 @@ pub fn run(
         .build()?;
     rt.block_on(async move {
         let (started, control) = bootstrap::start(models, opts).await?;
-        grpc::serve(model_dir, opts, &started, control, shutdown).await?;
+        grpc::serve(opts, &started, control, shutdown).await?;
         started.stop().await;
         Ok(())
     })
@@ -167,6 +178,9 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Control(#[from] aic_control::Error),
+    /// A setting or model set that cannot be served (the message says why).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

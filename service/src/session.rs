@@ -18,10 +18,10 @@ use aic_proto::v1::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::models::Slot;
 use crate::svc::{
     IN_FLIGHT, RespStream, STALL, Svc, budget, check_rate, code_name, encode_response_of, ex,
-    meter_encoded, open_error, opus_info, opus_kbps, pcm_from_s16le, reference_frame_bytes,
-    s16le_from_pcm,
+    meter_encoded, opus_info, opus_kbps, pcm_from_s16le, reference_frame_bytes, s16le_from_pcm,
 };
 
 /// Frames a session may have on their way back to the client before the forwarder waits.
@@ -100,10 +100,12 @@ async fn next_message<T>(
 }
 
 /// Forwards one stream's pipeline outputs to its gRPC response channel until either side ends.
+/// `slot`: the session's share of the server's slot (the reader holds the other).
 fn forward<T: Send + 'static>(
     outputs: std::sync::mpsc::Receiver<Output>,
     tx: tokio::sync::mpsc::Sender<Result<T, Status>>,
     credits: Arc<tokio::sync::Semaphore>,
+    slot: Arc<Slot>,
     mut convert: impl FnMut(Output) -> Result<T, Status> + Send + 'static,
 ) {
     tokio::task::spawn_blocking(move || {
@@ -113,6 +115,7 @@ fn forward<T: Send + 'static>(
                 break; // the client went away; dropping `outputs` is enough
             }
         }
+        drop(slot);
     });
 }
 
@@ -154,16 +157,13 @@ impl Svc {
         let Some(encode_request::Msg::Open(open)) = first.msg else {
             return Err(Status::invalid_argument("the first message must be `open`"));
         };
-        let level = self.check_encode_open(&open, self.cap(&grant))?;
+        let (served, level) = self.check_encode_open(&open, &grant)?;
         let mut cfg = StreamConfig::encode(level as u8);
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(&grant, Want::Encode { level })?;
         let counters = ticket.meter.counters.clone();
-        let (sender, outputs) = self
-            .pipeline
-            .open(cfg)
-            .map_err(|e| open_error(e, self.slots))?
-            .split();
+        let (sender, outputs, slot) = self.slots.open_status(&served.pipeline, cfg)?;
+        let model_label = served.id().to_owned();
         let guard = SessionGuard::new("EncodeStream");
         let ref_bytes = reference_frame_bytes(opus_kbps(
             "reference_opus_kbps",
@@ -182,14 +182,16 @@ impl Svc {
         let (tx, rx) = tokio::sync::mpsc::channel(RESPONSE_QUEUE);
         let credits = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
         let reader_credits = credits.clone();
-        forward(outputs, tx.clone(), credits, move |o: Output| {
+        let reader_slot = slot.clone();
+        forward(outputs, tx.clone(), credits, slot, move |o: Output| {
             let (kind, n) = match &o.payload {
                 Payload::Aic(b) => ("aic", b.len()),
                 Payload::OpusFallback(b) => ("opus_fallback", b.len()),
                 _ => ("other", 0),
             };
-            metrics::counter!("aic_frames_total", "direction" => "encode", "kind" => kind)
-                .increment(1);
+            metrics::counter!("aic_frames_total", "direction" => "encode", "kind" => kind,
+                "model" => model_label.clone())
+            .increment(1);
             metrics::counter!("aic_bytes_out_total", "method" => "EncodeStream")
                 .increment(n as u64);
             // The ticket lives as long as this forwarder: the session ends when its last
@@ -200,6 +202,7 @@ impl Svc {
         let idle = self.idle_timeout;
         tokio::spawn(async move {
             let sender: StreamSender = sender;
+            let _slot = reader_slot;
             let mut guard = guard;
             let mut mid = Vec::with_capacity(320);
             let mut opus_in: Option<aic_codec::opus::OpusDecoder> = None;
@@ -334,24 +337,15 @@ impl Svc {
                 ex(&open.codec)
             )));
         }
-        let m = &self.model.manifest;
-        if !open.model_id.is_empty() && open.model_id != m.model_id {
-            return Err(Status::failed_precondition(format!(
-                "stream was encoded with model {}; this server has {:?}",
-                ex(&open.model_id),
-                m.model_id
-            )));
-        }
+        let served = self.models.pick(&open.model_id)?;
+        let mut check = self.models.frame_check(served);
         check_rate(open.sample_rate)?;
         let mut cfg = StreamConfig::decode();
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(&grant, Want::Decode)?;
         let counters = ticket.meter.counters.clone();
-        let (sender, outputs) = self
-            .pipeline
-            .open(cfg)
-            .map_err(|e| open_error(e, self.slots))?
-            .split();
+        let (sender, outputs, slot) = self.slots.open_status(&served.pipeline, cfg)?;
+        let model_label = served.id().to_owned();
         let guard = SessionGuard::new("DecodeStream");
         let mut resampler = if open.sample_rate == 16_000 {
             None
@@ -385,14 +379,16 @@ impl Svc {
                 )));
             }
         };
-        forward(outputs, tx.clone(), credits, move |o: Output| {
+        let reader_slot = slot.clone();
+        forward(outputs, tx.clone(), credits, slot, move |o: Output| {
             let kind = if matches!(o.payload, Payload::Concealed(_)) {
                 "concealed"
             } else {
                 "pcm"
             };
-            metrics::counter!("aic_frames_total", "direction" => "decode", "kind" => kind)
-                .increment(1);
+            metrics::counter!("aic_frames_total", "direction" => "decode", "kind" => kind,
+                "model" => model_label.clone())
+            .increment(1);
             ticket.meter.counters.decoded_ms(20);
             let (pcm, concealed) = match o.payload {
                 Payload::Pcm(p) => (p, false),
@@ -439,7 +435,9 @@ impl Svc {
         let idle = self.idle_timeout;
         tokio::spawn(async move {
             let sender: StreamSender = sender;
+            let _slot = reader_slot;
             let mut guard = guard;
+            let mut n = 0u64;
             loop {
                 let msg = match next_message(&mut inbound, idle, "message", &mut cut).await {
                     Next::Msg(m) => m,
@@ -475,6 +473,14 @@ impl Svc {
                 metrics::counter!("aic_bytes_in_total", "method" => "DecodeStream")
                     .increment(frame.len() as u64);
                 counters.bytes_in(frame.len() as u64);
+                // Frames of another served model end the stream with its name, rather than
+                // being concealed one by one.
+                if let Err(st) = check.check(n, &frame) {
+                    guard.code = "invalid_argument";
+                    let _ = tx.send(Err(st)).await;
+                    break;
+                }
+                n += 1;
                 // A corrupt frame is not a protocol error: the pipeline conceals it.
                 let frame = (!frame.is_empty()).then_some(frame);
                 // Wait for room in the pipeline (flow control), bounded: every frame inside

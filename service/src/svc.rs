@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use aic_control::gate::{Gate, Ticket};
 use aic_control::policy::KeyGrant;
-use aic_pipeline::driver::Pipeline;
 use aic_pipeline::engine::{EngineError, Output, Payload};
-use aic_pipeline::hints::RateQualityTable;
-use aic_pipeline::model::AicModel;
 use aic_proto::v1::codec_service_server::CodecService;
 use aic_proto::v1::{
     DecodeClipRequest, DecodeClipResponse, DecodeRequest, DecodeResponse, EncodeClipRequest,
@@ -21,6 +18,8 @@ use aic_proto::v1::{
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+
+use crate::models::{Models, Served, Slots};
 
 const DEFAULT_BUDGET_MS: u32 = 40;
 /// Frames a session may have inside the pipeline. The session stops reading its request stream
@@ -54,16 +53,15 @@ pub(crate) fn code_name(s: &Status) -> &'static str {
 pub(crate) type RespStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub(crate) struct Svc {
-    pub(crate) pipeline: Arc<Pipeline>,
-    /// The pipeline's slots, all workers together: the one number startup and errors name.
-    pub(crate) slots: usize,
+    /// Every served model (its pipeline, its table), the default first.
+    pub(crate) models: Arc<Models>,
+    /// The server's slots, every model and the bridge together: the one number startup and
+    /// errors name.
+    pub(crate) slots: Arc<Slots>,
     pub(crate) first_message_timeout: Duration,
     pub(crate) idle_timeout: Duration,
     /// Becomes true when the shutdown grace period is over: open sessions are cut.
     pub(crate) cut: tokio::sync::watch::Receiver<bool>,
-    pub(crate) model: Arc<AicModel>,
-    /// The model's measured rate–quality table (`rate_quality.json` beside the manifest).
-    pub(crate) table: Result<RateQualityTable, String>,
     pub(crate) gate: Arc<Gate>,
 }
 
@@ -228,14 +226,13 @@ impl CodecService for Svc {
 }
 
 impl Svc {
-    /// Validates an encode session's parameters; returns the level to use (0 = the model's
-    /// highest level).
-    /// `cap`: the highest level the caller's key allows (level 0 asks for it).
+    /// Validates an encode session's parameters; returns its model (`open.model_id`, empty =
+    /// the default) and the level to use (0 = the model's highest level the key allows).
     pub(crate) fn check_encode_open(
         &self,
         open: &aic_proto::v1::EncodeOpen,
-        cap: u32,
-    ) -> Result<u32, Status> {
+        grant: &KeyGrant,
+    ) -> Result<(&Served, u32), Status> {
         if open.codec != "aic" {
             return Err(Status::invalid_argument(format!(
                 "codec {} not served (\"aic\")",
@@ -244,7 +241,9 @@ impl Svc {
         }
         check_rate(open.sample_rate)?;
         opus_kbps("reference_opus_kbps", open.reference_opus_kbps, 32)?;
-        let m = &self.model.manifest;
+        let served = self.models.pick(&open.model_id)?;
+        let cap = cap(served, grant);
+        let m = &served.model.manifest;
         let k = m.num_codebooks as u32;
         let level = if open.level == 0 {
             u32::from(*m.levels.last().unwrap_or(&1)).min(cap.max(1))
@@ -256,15 +255,15 @@ impl Svc {
                 "level {level} not in 1..={k}"
             )));
         }
-        Ok(level)
+        Ok((served, level))
     }
+}
 
-    /// The level cap of a key for this model.
-    pub(crate) fn cap(&self, grant: &KeyGrant) -> u32 {
-        grant
-            .policy
-            .level_cap(self.model.manifest.num_codebooks as u32)
-    }
+/// The level cap of a key for a model.
+pub(crate) fn cap(served: &Served, grant: &KeyGrant) -> u32 {
+    grant
+        .policy
+        .level_cap(served.model.manifest.num_codebooks as u32)
 }
 
 /// What Opus at the stream's reference bitrate (kbps, already checked by [`opus_kbps`]; 32 by

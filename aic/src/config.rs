@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// The models `aic serve` loads when none is given (no `--model-dir`/`AIC_MODEL_DIRS`, no
 /// `--model`/`AIC_MODEL_DIR`, no `model_dirs` in the file): directories under the repository's
 /// `models/`, the default model first. Which model is the default is this one line.
-pub const DEFAULT_MODELS: &[&str] = &["aic-speech-v1"];
+pub const DEFAULT_MODELS: &[&str] = &["aic-speech-v2", "aic-speech-v1"];
 
 /// Most model directories one server loads (each has its own pipeline and model sessions).
 pub const MAX_MODELS: usize = 8;
@@ -32,7 +32,7 @@ pub struct ServeArgs {
     /// A model directory to serve; repeat the flag (or comma-separate in the variable) to serve
     /// several side by side, each picked by its `model_id`. The first is the default: requests
     /// that name no model, and the bridge link [default: `--model`/AIC_MODEL_DIR if given, else
-    /// the repository's models/aic-speech-v1].
+    /// the repository's models/aic-speech-v2 and models/aic-speech-v1].
     #[arg(long = "model-dir", env = "AIC_MODEL_DIRS", value_delimiter = ',')]
     pub model_dirs: Vec<PathBuf>,
     /// The global `--model`/`AIC_MODEL_DIR` (one directory), below `--model-dir`.

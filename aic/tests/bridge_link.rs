@@ -164,12 +164,12 @@ fn speech_through_the_link_and_a_killed_client_frees_its_stream() {
     let srv = Server::start(1);
     let (_, key) = srv.new_key(0);
     let mut client = srv.client(&key);
-    assert_eq!(client.model_id(), "aic-speech-v1");
+    assert_eq!(client.model_id(), default_model_id());
 
     let x = speech("en_f_confbridge.wav");
     let frames = (x.len() / FRAME_16K).min(250);
     let mut s = client.open(cfg(6)).unwrap();
-    assert_eq!(s.model_id(), "aic-speech-v1");
+    assert_eq!(s.model_id(), default_model_id());
     let outs = run_stream(&mut s, &x, frames);
 
     let aic = outs.iter().filter(|o| !o.fallback).count();
@@ -529,4 +529,11 @@ fn connections_over_the_cap_are_refused() {
     drop(s2);
     let mut s3 = open(&mut c);
     let _ = run_stream(&mut s3, &x, 5);
+}
+
+/// The default model's id (the bridge link serves the default model).
+fn default_model_id() -> String {
+    let p = aic_pipeline::aic::default_model_dir().join("manifest.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    m["model_id"].as_str().unwrap().to_owned()
 }

@@ -128,7 +128,9 @@ async fn encode_and_decode_sessions_at_16_and_48_khz() {
         .unwrap()
         .into_inner()
         .models;
-    assert_eq!(models.len(), 1);
+    // The repository's models by default: v2 (the default, first) and v1 beside it.
+    let ids: Vec<_> = models.iter().map(|m| m.model_id.as_str()).collect();
+    assert_eq!(ids, ["aic-speech-v2", "aic-speech-v1"]);
     assert_eq!(models[0].levels.len(), 8);
     assert!(
         models[0]

@@ -17,11 +17,12 @@ use crate::model::{AicModel, Graph, read_manifest};
 
 pub const CODEC_NAME: &str = "aic";
 
-/// The model directory: `$AIC_MODEL_DIR`, else the model committed in this repository.
+/// The model directory: `$AIC_MODEL_DIR`, else the default model committed in this repository
+/// (`aic-speech-v2`; `aic-speech-v1` beside it reads the same codebooks).
 pub fn default_model_dir() -> PathBuf {
     std::env::var_os("AIC_MODEL_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/aic-speech-v1"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/aic-speech-v2"))
 }
 
 fn info(model: &AicModel, level: u8) -> CodecInfo {

@@ -1,6 +1,6 @@
 //! Streaming through ONNX Runtime equals PyTorch's whole-sequence run.
 //!
-//! `models/aic-speech-v1/reference.json` is written by the export script from the same
+//! The default model's `reference.json` (`models/aic-speech-v2/`) is written by the export script from the same
 //! checkpoint as the graphs: PyTorch runs encoder, RVQ and decoder over a whole clip at once.
 //! Here the exported graphs run one 20 ms frame at a time with explicit state, and the RVQ
 //! search is the Rust kernel. Tolerance: 1e-3 absolute on latents and samples (float32

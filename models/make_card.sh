@@ -11,10 +11,13 @@ cd "$(dirname "$0")/.."
 dir="${1:?usage: models/make_card.sh MODEL_DIR}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | sort | tail -n1)}"
 cargo build --release -p aic --locked >&2
-held=$(mktemp -d); trap 'rm -rf "$held"' EXIT
-datasets/make_heldout.sh "$held" >&2
+out=$(cd "$dir" && pwd); aic="$PWD/target/release/aic"
+# The report names its inputs as given: run from a temp dir holding `heldout/`, so the JSON says
+# `heldout/…` and no machine path.
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+datasets/make_heldout.sh "$tmp/heldout" >&2
 {
   echo "# bash models/make_card.sh $dir   ($(date -u +%Y-%m-%d), $(nproc) CPUs, git $(git rev-parse --short HEAD))"
-  target/release/aic bench --model "$dir" "$held" \
-    --json "$dir/rate_quality.json" --plot "$dir/rate_quality.svg"
-} | tee "$dir/rate_quality.txt"
+  (cd "$tmp" && "$aic" bench --model "$out" heldout \
+    --json "$out/rate_quality.json" --plot "$out/rate_quality.svg")
+} | tee "$out/rate_quality.txt"

@@ -350,7 +350,7 @@ fn inside_namespace(test: &str, impair: Impair) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
         let (mut n, mut ok, mut bytes, mut tags) = (0u32, 0u32, 0u64, Vec::new());
-        let end = Instant::now() + Duration::from_secs(60);
+        let end = Instant::now() + Duration::from_secs_f64(52.0 + record_s);
         while Instant::now() < end {
             match aic_sock.recv(&mut buf) {
                 Ok(len) => {
@@ -615,9 +615,17 @@ fn inside_namespace(test: &str, impair: Impair) {
                 "{fec} FEC + {plc} PLC frames of {out} with {JITTER_MS} ms jitter"
             );
         } else {
+            // No packet was lost; what was concealed is the jitter buffer growing (or
+            // underflowing) as it adapts, which a long run on a loaded machine does now and then.
+            let jb = &s["jitter_buffer"];
+            let adapt = jb["grown"].as_u64().unwrap_or(0) + jb["underflows"].as_u64().unwrap_or(0);
+            assert_eq!(
+                jb["lost"], 0,
+                "the jitter buffer lost frames with no loss: {jb}"
+            );
             assert!(
-                fec + plc <= 3,
-                "{fec} FEC + {plc} PLC frames with no loss injected"
+                fec + plc <= 3 + adapt,
+                "{fec} FEC + {plc} PLC frames with no loss injected ({adapt} from adapting)"
             );
         }
     }

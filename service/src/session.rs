@@ -297,16 +297,8 @@ impl Svc {
                         break;
                     }
                 };
-                // Wait for room in the pipeline (flow control), bounded: every frame inside
-                // comes back (model output or fallback) within its budget.
-                match tokio::time::timeout(STALL, reader_credits.acquire()).await {
-                    Ok(Ok(p)) => p.forget(),
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        guard.code = "unavailable";
-                        let _ = tx.send(Err(Status::unavailable("pipeline stalled"))).await;
-                        break;
-                    }
+                if !wait_for_room(&reader_credits, &tx, &mut guard).await {
+                    break;
                 }
                 if sender.push_pcm(pcm).is_err() {
                     let _ = tx
@@ -483,16 +475,8 @@ impl Svc {
                 n += 1;
                 // A corrupt frame is not a protocol error: the pipeline conceals it.
                 let frame = (!frame.is_empty()).then_some(frame);
-                // Wait for room in the pipeline (flow control), bounded: every frame inside
-                // comes back (model output or fallback) within its budget.
-                match tokio::time::timeout(STALL, reader_credits.acquire()).await {
-                    Ok(Ok(p)) => p.forget(),
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        guard.code = "unavailable";
-                        let _ = tx.send(Err(Status::unavailable("pipeline stalled"))).await;
-                        break;
-                    }
+                if !wait_for_room(&reader_credits, &tx, &mut guard).await {
+                    break;
                 }
                 if sender.push_aic(frame).is_err() {
                     let _ = tx
@@ -505,5 +489,27 @@ impl Svc {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// Waits for room in the pipeline (flow control), bounded: every frame inside comes back
+/// (model output or fallback) within its budget. False when the session must end: the
+/// credits are gone, or the pipeline stalled (the client is told UNAVAILABLE).
+async fn wait_for_room<T>(
+    credits: &tokio::sync::Semaphore,
+    tx: &tokio::sync::mpsc::Sender<Result<T, Status>>,
+    guard: &mut SessionGuard,
+) -> bool {
+    match tokio::time::timeout(STALL, credits.acquire()).await {
+        Ok(Ok(p)) => {
+            p.forget();
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            guard.code = "unavailable";
+            let _ = tx.send(Err(Status::unavailable("pipeline stalled"))).await;
+            false
+        }
     }
 }

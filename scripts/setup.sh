@@ -21,6 +21,9 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-nice
   nftables                           # loss injection Janus → bridge in the real-SFU test
   postgresql                         # the control store's PostgreSQL tests (scripts/pg-test.sh)
+  # video (video/, issue #14): FFmpeg 5.1's libraries for ffmpeg-next; its -sys crate runs bindgen
+  libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev libavfilter-dev
+  libavdevice-dev clang libclang-dev
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -1,0 +1,1 @@
+//! Region of interest: detector boxes → per-block quality offsets for the encoder.

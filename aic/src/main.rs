@@ -14,6 +14,7 @@ mod opens;
 mod plot;
 mod soak;
 mod transcode;
+mod video_cli;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ enum Cmd {
     /// Put AIC in the media path of an SFU: a publisher's audio goes through AIC and comes back.
     #[command(subcommand)]
     Attach(AttachCmd),
+    /// Video (issue #14): encode, decode, and the rate–quality bench of the video encoders.
+    #[command(subcommand)]
+    Video(video_cli::VideoCmd),
 }
 
 #[derive(Subcommand)]
@@ -328,6 +332,7 @@ fn run(cli: Cli) -> Result<()> {
     let reg = registry(cli.model.as_deref());
     let model_dir = cli.model.clone();
     match cli.cmd {
+        Cmd::Video(c) => video_cli::run(c)?,
         Cmd::Serve(mut args) => {
             args.model = model_dir;
             let file = match &args.config {

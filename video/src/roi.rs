@@ -1,1 +1,0 @@
-//! Region of interest: detector boxes → per-block quality offsets for the encoder.

@@ -235,6 +235,59 @@ fn bad_frames_are_errors_not_panics() {
 }
 
 #[test]
+fn odd_sizes_and_strides_do_not_panic() {
+    // Tiny, extreme aspect ratios, odd chroma sizes, padded rows: boxes or none, never a panic.
+    let sizes = [
+        (1u32, 1u32),
+        (2, 3),
+        (3, 2),
+        (13, 7),
+        (4000, 9),
+        (9, 3000),
+        (641, 361),
+    ];
+    let frames: Vec<Yuv> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &(w, h))| noise(w, h, 10 + i as u64))
+        .collect();
+    let views: Vec<FrameView<'_>> = frames.iter().map(Yuv::view).collect();
+    let out = detect(&views);
+    for ((w, h), boxes) in sizes.iter().zip(&out) {
+        for b in boxes {
+            assert!(
+                0.0 <= b.x0 && b.x0 < b.x1 && b.x1 <= *w as f32,
+                "{w}x{h}: {b:?}"
+            );
+            assert!(
+                0.0 <= b.y0 && b.y0 < b.y1 && b.y1 <= *h as f32,
+                "{w}x{h}: {b:?}"
+            );
+        }
+    }
+    let f = &frames[6];
+    let stride = f.w as usize + 7;
+    let mut padded = vec![0u8; stride * f.h as usize];
+    for r in 0..f.h as usize {
+        padded[r * stride..r * stride + f.w as usize]
+            .copy_from_slice(&f.y[r * f.w as usize..(r + 1) * f.w as usize]);
+    }
+    let luma = FrameView::Luma {
+        width: f.w,
+        height: f.h,
+        y: &padded,
+        stride,
+    };
+    let plain = FrameView::Luma {
+        width: f.w,
+        height: f.h,
+        y: &f.y,
+        stride: f.w as usize,
+    };
+    assert_eq!(detect(&[luma]), detect(&[plain]));
+}
+
+#[test]
 fn a_missing_or_altered_model_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let e = Detector::open(dir.path(), DetectorConfig::default()).unwrap_err();

@@ -697,7 +697,7 @@ fn summary(o: &Options, model_id: &str, r: &mut MediaResult) -> Value {
         "latency_inside_pipeline": pipeline,
         "jitter_buffer": {"initial_target_ms": o.jitter_ms, "target_ms": ms(j.target),
                           "delay_ms": ms(j.delay), "level_ms": ms(j.level),
-                          "measured_jitter_ms": ms(j.measured), "slewed_ms": j.slewed_us as f64 / 1000.0,
+                          "measured_jitter_ms": ms(j.measured), "slewed_ms": j.slewed_us as f64 / 1000.0, "peaks": j.peaks,
                           "dropped": j.dropped,
                           "grown": j.grown, "reanchors": j.reanchors, "silence": j.silence,
                           "underflows": j.underflows, "lost": j.lost, "late": j.late},

@@ -133,9 +133,9 @@ struct AttachJanusArgs {
     /// Bitrate of the Opus re-encoded for legacy receivers, kbps.
     #[arg(long, default_value_t = 32)]
     opus_kbps: u32,
-    /// The jitter buffer's initial target delay, ms (20..=500); the buffer then adapts it to
-    /// the measured jitter (within 20..=300 ms).
-    #[arg(long, default_value_t = 40)]
+    /// The jitter buffer's initial target delay, ms (10..=500); the buffer then adapts it to
+    /// the measured jitter (within 10..=300 ms: q95 of the relative delay + 5 ms).
+    #[arg(long, default_value_t = 20)]
     jitter_ms: u32,
     /// Seconds to wait for the publisher's audio to appear in the room.
     #[arg(long, default_value_t = 10.0)]
@@ -400,8 +400,8 @@ fn run(cli: Cli) -> Result<()> {
             if !(1..=14).contains(&a.aic_ext_id) || !(96..=127).contains(&a.aic_pt) {
                 bail!("--aic-ext-id must be in 1..=14 and --aic-pt in 96..=127");
             }
-            if !(6..=128).contains(&a.opus_kbps) || !(20..=500).contains(&a.jitter_ms) {
-                bail!("--opus-kbps must be in 6..=128 and --jitter-ms in 20..=500");
+            if !(6..=128).contains(&a.opus_kbps) || !(10..=500).contains(&a.jitter_ms) {
+                bail!("--opus-kbps must be in 6..=128 and --jitter-ms in 10..=500");
             }
             attach::run(&attach::Options {
                 url: a.url,

@@ -563,7 +563,8 @@ mod tests {
         .unwrap();
         assert_eq!(ing.push(t0, &bad).unwrap(), Accepted::Buffered);
         let mut pcm = [0i16; FRAME_16K];
-        let got: Vec<_> = std::iter::from_fn(|| ing.pop(t0 + 60 * MS, &mut pcm)).collect();
+        // Two slots: the default initial target (20 ms) and one frame later.
+        let got: Vec<_> = std::iter::from_fn(|| ing.pop(t0 + 40 * MS, &mut pcm)).collect();
         assert_eq!(got.len(), 2);
         assert_eq!(got[1].source, FrameSource::Plc);
         assert_eq!(

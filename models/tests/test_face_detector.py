@@ -7,7 +7,9 @@ Without PyTorch (the project's `.venv`, what `scripts/test.sh` runs):
 - a batch of different pictures equals each picture run alone (no cross-talk in the batch).
 With PyTorch and facenet-pytorch's weights (the training venv + `pip install --no-deps
 facenet-pytorch==2.6.0`, or `$FACENET_PYTORCH_DATA`): the graphs against the PyTorch nets on
-fresh inputs, at several sizes and batch sizes. Skipped loudly where either is missing.
+fresh inputs, at several sizes and batch sizes; and the original cascade (facenet-pytorch's own
+`detect_face`) still gives the reference boxes the Rust test compares with
+(`video/tests/fixtures/roi_carphone_mtcnn.json`). Skipped loudly where either is missing.
 """
 import hashlib
 import json
@@ -123,3 +125,20 @@ def test_graphs_match_pytorch(name):
             score, reg = run(s, x)
             np.testing.assert_allclose(score, ts.numpy(), atol=TOL)
             np.testing.assert_allclose(reg, tr.numpy(), atol=TOL)
+
+
+def test_reference_boxes_of_the_original_cascade():
+    """`video/tests/fixtures/roi_carphone_mtcnn.json` (what the Rust cascade is compared with)
+    is what facenet-pytorch's own `detect_face` gives on the fixture frames."""
+    _pytorch_nets()
+    import shutil
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg not installed: reference boxes of the original cascade SKIPPED")
+    from reference_boxes import OUT, reference_boxes
+    with open(OUT) as f:
+        stored = json.load(f)["frames"]
+    got = reference_boxes()
+    assert len(got) == len(stored) == 2
+    for g, s in zip(got, stored):
+        assert len(g) == len(s) == 1
+        np.testing.assert_allclose(g, s, atol=2e-3)

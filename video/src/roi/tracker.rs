@@ -169,3 +169,78 @@ impl<K: Hash + Eq + Copy> RoiTracker<K> {
         self.streams.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn face(x: f32) -> RoiBox {
+        RoiBox {
+            x0: x,
+            y0: 10.0,
+            x1: x + 40.0,
+            y1: 60.0,
+            score: 1.0,
+        }
+    }
+
+    #[test]
+    fn due_on_the_first_frame_then_every_n_and_after_a_restart() {
+        let mut t: RoiTracker = RoiTracker::new(TrackerConfig {
+            every: 3,
+            hold: 6,
+            ..TrackerConfig::default()
+        });
+        let mut ran = Vec::new();
+        for f in 10..20u64 {
+            if t.due(7, f) {
+                t.update(7, f, &[face(0.0)]);
+                ran.push(f);
+            }
+        }
+        assert_eq!(ran, vec![10, 13, 16, 19]);
+        // The index went backwards (the stream restarted): due at once, old boxes forgotten.
+        assert!(t.due(7, 2));
+        t.update(7, 2, &[]);
+        assert!(t.boxes(7, 2).is_empty());
+        // Another stream has its own cadence.
+        assert!(t.due(8, 19));
+        t.remove(7);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_moving_face_is_one_track_smoothed_towards_the_new_position() {
+        let mut t: RoiTracker = RoiTracker::new(TrackerConfig {
+            smoothing: 0.5,
+            ..TrackerConfig::default()
+        });
+        t.update(1, 0, &[face(0.0)]);
+        t.update(1, 5, &[face(8.0)]);
+        let b = t.boxes(1, 5);
+        assert_eq!(b.len(), 1);
+        assert_eq!((b[0].x0, b[0].x1), (4.0, 44.0));
+        // A second face far away starts a second track.
+        t.update(1, 10, &[face(8.0), face(200.0)]);
+        assert_eq!(t.boxes(1, 10).len(), 2);
+    }
+
+    #[test]
+    fn an_unseen_face_holds_then_fades_then_goes() {
+        let mut t: RoiTracker = RoiTracker::new(TrackerConfig {
+            every: 2,
+            hold: 6,
+            ..TrackerConfig::default()
+        });
+        t.update(1, 0, &[face(0.0)]);
+        let score = |t: &RoiTracker, f| t.boxes(1, f).first().map_or(0.0, |b| b.score);
+        assert_eq!(score(&t, 2), 1.0);
+        t.update(1, 2, &[]);
+        assert_eq!(score(&t, 2), 1.0);
+        assert!((score(&t, 4) - 0.5).abs() < 1e-6);
+        t.update(1, 4, &[]);
+        assert!(score(&t, 5) > 0.0 && score(&t, 5) < 0.5);
+        t.update(1, 6, &[]);
+        assert!(t.boxes(1, 6).is_empty());
+    }
+}

@@ -29,6 +29,15 @@
 //! next model output faded in). All are marked and counted. Never silence without a reason,
 //! never a stall.
 //!
+//! **Sustained overload sheds whole streams** ([`EngineConfig::shed_window`]): each window, the
+//! frames of encode/transcode streams that missed their deadline shed that many streams' worth,
+//! the newest first — their frames go as Opus before the encoder — and shed streams are taken
+//! back when a window passes without misses and the model's busy share leaves room. Without
+//! it, a load 15 % over capacity had every stream alternate between AIC and Opus (thousands of
+//! codec switches a minute, each one audible, and smaller batches that carry less); with it a
+//! few streams carry the whole excess as steady Opus and the rest stay AIC in full batches
+//! (`overload_sheds_whole_streams…` in `tests/transcode.rs`, virtual time).
+//!
 //! The engine never reads the clock and never calls the model (except once, when it is built:
 //! the model's latent of silence for concealment, [`conceal::silence_latent`], computed once per
 //! process and model): callers pass `now`, take a
@@ -134,6 +143,12 @@ pub struct EngineConfig {
     /// While everything falls back because the model looks too slow, one batch is still run
     /// this often to re-measure it; otherwise a slow spell would never be seen to end.
     pub probe_interval: Duration,
+    /// Overload control: every window, frames of PCM-in streams that missed the model's
+    /// deadline shed whole streams (the newest first; all their frames go as Opus) instead of
+    /// every stream alternating between AIC and Opus. A shed stream is taken back, one per
+    /// window, once the window had no such frame and the model's busy share leaves room for it.
+    /// Zero turns shedding off.
+    pub shed_window: Duration,
 }
 
 impl Default for EngineConfig {
@@ -145,6 +160,7 @@ impl Default for EngineConfig {
             initial_step_estimate: Duration::from_millis(5),
             safety_margin: Duration::from_millis(1),
             probe_interval: Duration::from_millis(100),
+            shed_window: Duration::from_millis(200),
         }
     }
 }
@@ -286,6 +302,8 @@ struct Slot {
     /// Transcode: the held frame went through the encoder in a probe batch; its decoder batch
     /// is a probe too (so that the probe measures both calls and its frame is not wasted).
     probing: bool,
+    /// Shed under overload: the stream's frames go as Opus before the encoder.
+    shed: bool,
     /// Decode and transcode: the last PCM output (for the model-free fade).
     last_pcm: Vec<f32>,
     /// Decode: the last latent received, and how many frames in a row were concealed since.
@@ -356,6 +374,16 @@ impl StepModel {
     }
 }
 
+/// What the overload control counts over one window.
+#[derive(Debug, Default)]
+struct Overload {
+    start: Option<Instant>,
+    /// Frames of unshed PCM-in streams that fell back on their deadline.
+    missed: u64,
+    /// Model time spent in the window.
+    busy: Duration,
+}
+
 fn bucket(n: usize) -> usize {
     n.max(1).next_power_of_two().trailing_zeros() as usize
 }
@@ -376,6 +404,7 @@ pub struct Engine {
     spare: [Option<Batch>; 2],
     steps: [StepModel; 2],
     last_run: [Option<Instant>; 2],
+    overload: Overload,
     outputs: VecDeque<Output>,
     model: std::sync::Arc<AicModel>,
     indices: Vec<u16>,
@@ -439,6 +468,7 @@ impl Engine {
                 held: None,
                 coded: false,
                 probing: false,
+                shed: false,
                 last_pcm: vec![0.0; frame],
                 received: vec![0.0; latent],
                 lost_run: 0,
@@ -458,6 +488,7 @@ impl Engine {
                 StepModel::new(n, cfg.initial_step_estimate),
             ],
             last_run: [None, None],
+            overload: Overload::default(),
             slots,
             next_stream: 1,
             outputs: VecDeque::with_capacity(4 * n),
@@ -551,6 +582,7 @@ impl Engine {
         s.received.copy_from_slice(&self.silence);
         s.lost_run = 0;
         s.faded = false;
+        s.shed = false;
         s.opus = opus;
         s.opus_dec = opus_dec;
         Self::clear_frames(s);
@@ -576,6 +608,9 @@ impl Engine {
         s.stream = None;
         s.opus = None;
         s.opus_dec = None;
+        if std::mem::take(&mut s.shed) {
+            self.metrics.shed_now = self.metrics.shed_now.saturating_sub(1);
+        }
         Self::clear_frames(s);
         Ok(())
     }
@@ -718,6 +753,7 @@ impl Engine {
     /// Decides what to do at `now`: fall back frames that can no longer make it, close a batch
     /// if one is due, or say how long to wait.
     pub fn poll(&mut self, now: Instant) -> Poll {
+        self.control_overload(now);
         let mut wake: Option<Instant> = None;
         for g in [Graph::Encoder, Graph::Decoder] {
             if self.spare[gi(g)].is_none() {
@@ -742,9 +778,16 @@ impl Engine {
                     // predecessor waits for it, so that a transcode stream's outputs (and the
                     // frames its Opus encoder and decoder see) stay in order.
                     let p = if s.in_flight { None } else { s.front(g) };
-                    let due = p.is_some_and(|p| now + self.time_ahead(idx, g, 1) > p.deadline);
+                    let shed = s.shed && g == Graph::Encoder;
+                    let due =
+                        p.is_some_and(|p| shed || now + self.time_ahead(idx, g, 1) > p.deadline);
                     if !due {
                         break;
+                    }
+                    if shed {
+                        self.metrics.shed_frames += 1;
+                    } else if self.slots[idx].cfg.direction.takes_pcm() {
+                        self.overload.missed += 1;
                     }
                     self.fall_back_front(now, idx, g);
                 }
@@ -790,6 +833,65 @@ impl Engine {
                 Poll::WaitUntil(now + self.cfg.max_queue_delay)
             }
             None => Poll::Idle,
+        }
+    }
+
+    /// Sheds or takes back streams at the end of each overload window (see
+    /// [`EngineConfig::shed_window`]). Shedding is by whole streams, the newest first, so the
+    /// rest keep full batches and a steady codec: under a load the model cannot carry, the share
+    /// of frames sent as Opus approaches the excess instead of every stream flickering between
+    /// AIC and Opus. At least one PCM-in stream is always left to the model, so its time keeps
+    /// being measured.
+    fn control_overload(&mut self, now: Instant) {
+        let window = self.cfg.shed_window;
+        if window.is_zero() {
+            return;
+        }
+        let Some(start) = self.overload.start else {
+            self.overload.start = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < window {
+            return;
+        }
+        let o = std::mem::take(&mut self.overload);
+        self.overload.start = Some(now);
+        let frame_period = 20e-3;
+        let per_stream = (elapsed.as_secs_f64() / frame_period).max(1.0);
+        let pcm_in = |s: &Slot| s.stream.is_some() && s.cfg.direction.takes_pcm();
+        let unshed = self.slots.iter().filter(|s| pcm_in(s) && !s.shed).count();
+        if o.missed > 0 {
+            // Streams' worth of frames that missed: shed that many more, newest first.
+            let k = ((o.missed as f64 / per_stream).ceil() as usize).min(unshed.saturating_sub(1));
+            for _ in 0..k {
+                let newest = (0..self.slots.len())
+                    .filter(|&i| pcm_in(&self.slots[i]) && !self.slots[i].shed)
+                    .max_by_key(|&i| self.slots[i].stream);
+                if let Some(i) = newest {
+                    self.slots[i].shed = true;
+                    self.metrics.streams_shed += 1;
+                    self.metrics.shed_now += 1;
+                }
+            }
+        } else if unshed > 0 {
+            // Take shed streams back, the oldest first, as many as the model's busy share
+            // leaves room for: busy time taken as growing linearly with the streams served
+            // (batching makes it grow slower, so this errs on the safe side), up to 90 %.
+            let busy = o.busy.as_secs_f64() / elapsed.as_secs_f64();
+            let room = if busy <= 0.0 {
+                usize::MAX
+            } else {
+                ((0.9 / busy) * unshed as f64).floor() as usize
+            };
+            for _ in unshed..room {
+                let oldest = (0..self.slots.len())
+                    .filter(|&i| pcm_in(&self.slots[i]) && self.slots[i].shed)
+                    .min_by_key(|&i| self.slots[i].stream);
+                let Some(i) = oldest else { break };
+                self.slots[i].shed = false;
+                self.metrics.shed_now = self.metrics.shed_now.saturating_sub(1);
+            }
         }
     }
 
@@ -911,6 +1013,7 @@ impl Engine {
     ) {
         let g = b.graph;
         let took = now.saturating_duration_since(b.started);
+        self.overload.busy += took;
         if b.size > 0 {
             self.metrics.batch_size.record_count(b.size as u64);
             self.metrics.model_time.record(took);

@@ -81,6 +81,12 @@ pub struct PipelineMetrics {
     pub stale_results: u64,
     pub streams_opened: u64,
     pub rejected_streams: u64,
+    /// Times a stream was shed under sustained overload (all its frames as Opus for a while).
+    pub streams_shed: u64,
+    /// Frames of shed streams sent as Opus (part of `fallbacks`).
+    pub shed_frames: u64,
+    /// Streams shed right now (a gauge; summed over workers by `merge`).
+    pub shed_now: u64,
 }
 
 impl PipelineMetrics {
@@ -104,5 +110,8 @@ impl PipelineMetrics {
         self.stale_results += o.stale_results;
         self.streams_opened += o.streams_opened;
         self.rejected_streams += o.rejected_streams;
+        self.streams_shed += o.streams_shed;
+        self.shed_frames += o.shed_frames;
+        self.shed_now += o.shed_now;
     }
 }

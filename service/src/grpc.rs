@@ -189,6 +189,8 @@ async fn publish_pipeline_metrics(p: Arc<Pipeline>, model: String) {
             ("aic_pipeline_corrupt_frames_total", m.corrupt_frames),
             ("aic_pipeline_backend_errors_total", m.backend_errors),
             ("aic_pipeline_rejected_streams_total", m.rejected_streams),
+            ("aic_pipeline_streams_shed_total", m.streams_shed),
+            ("aic_pipeline_shed_frames_total", m.shed_frames),
         ] {
             metrics::counter!(name, "model" => model.clone()).absolute(v);
         }
@@ -204,5 +206,7 @@ async fn publish_pipeline_metrics(p: Arc<Pipeline>, model: String) {
         }
         metrics::gauge!("aic_pipeline_batch_size_mean", "model" => model.clone())
             .set(m.batch_size.mean());
+        metrics::gauge!("aic_pipeline_streams_shed", "model" => model.clone())
+            .set(m.shed_now as f64);
     }
 }

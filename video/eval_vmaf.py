@@ -14,8 +14,9 @@ VMAF comes from the PyPI package ``vmaf-torch`` (a PyTorch re-implementation of 
 libvmaf: its README reports a mean absolute difference of 0.006 VMAF points against the C tool
 on Netflix's public dataset). Debian 12 has neither libvmaf nor an FFmpeg built with it, and
 ``pyvmaf`` needs libvmaf to build, so this is the one that installs here. It needs torch (large:
-``scripts/setup.sh`` installs it into .venv, with a way to skip it). The score is the mean of
-the per-frame scores (not clipped to [0, 100], as libvmaf's default). When the package is
+``scripts/setup.sh`` installs it into .venv, with a way to skip it). Each frame's score is
+clipped to the model's ``score_clip`` range [0, 100], as libvmaf does with the v0.6.1 model by
+default; the clip's score is the mean over frames. When the package is
 missing every line says so under ``errors`` and the exit status is still 0: callers treat VMAF
 as optional. Only wrong usage exits with status 2. Library chatter goes to stderr.
 """
@@ -63,7 +64,7 @@ def main(argv):
             from vmaf_torch import VMAF
 
             torch.set_num_threads(int(os.environ.get("AIC_VMAF_THREADS", "2")))
-            model = VMAF(temporal_pooling=False)
+            model = VMAF(temporal_pooling=False, clip_score=True)
             model.eval()
         except Exception as e:  # noqa: BLE001 -- any failure only disables the metric
             load_error = f"{type(e).__name__}: {e}"

@@ -11,13 +11,17 @@
 //! | `vp8` | `libvpx` | `deadline=realtime`, `cpu-used=-6` (libwebrtc's desktop default), `lag-in-frames=0`, CBR |
 //! | `x264` | `libx264` | `preset=veryfast`, `tune=zerolatency`, VBV of one second |
 //!
-//! Why libaom for AV1: on this machine (2 cores, one thread per encoder) on `carphone` at
-//! 200 kbit/s, libaom realtime `cpu-used=8` coded 120 frames in about the time SVT-AV1's
-//! `preset 12` did (0.33 s vs 0.30 s, `ffmpeg` wall time) at +1.0 dB PSNR-Y (39.3 vs 38.3 dB);
-//! SVT-AV1 reached libaom's quality only at `preset 10`, about 1.7× slower (0.58 s, 39.8 dB),
-//! and SVT-AV1 1.4 itself warns that its low-delay mode is "a work-in-progress ... not for
-//! benchmarking". At equal quality libaom realtime is the faster one here; SVT-AV1 stays
+//! Why libaom for AV1: measured on this machine (2 shared cores, one encoder thread), on
+//! `carphone` (QCIF) in one `aic video bench` run, libaom realtime `cpu-used=8` and SVT-AV1
+//! 1.4 `preset 10` low-delay CBR reach the same quality at the same rate (PSNR-Y within
+//! 0.2 dB, VMAF within 0.5 from 100 to 300 kbit/s) at about the same throughput, but SVT-AV1
+//! holds frames in its pipeline: its per-frame latency (frame in → packet out) is 12–17 ms at
+//! p50 against libaom's 2 ms. SVT-AV1 `preset 12` is as fast as libaom but 1 dB worse (an
+//! `ffmpeg` run at 200 kbit/s: 38.3 vs 39.3 dB), and SVT-AV1 1.4 itself warns that its
+//! low-delay mode is "a work-in-progress ... not for benchmarking". So at equal quality libaom
+//! realtime is the faster one *per frame*, which is what real time needs; SVT-AV1 stays
 //! selectable (`av1-svt`) for larger pictures and more cores, where its parallelism pays.
+//! `docs/video.md` has the table.
 //!
 //! ## Region of interest: what FFmpeg 5.1 honours
 //! FFmpeg's way to pass per-region quality to an encoder is `AV_FRAME_DATA_REGIONS_OF_INTEREST`
@@ -33,18 +37,21 @@
 //!   config says ROI maps will come);
 //! * **not** `libaom-av1`, **not** `libsvtav1`, **not** `librav1e`: their 5.1 wrappers ignore
 //!   the side data (the wrappers' log strings in `libavcodec.so.59` name ROI only for libvpx,
-//!   libx264 and the hardware encoders). libaom's own `AOME_SET_ROI_MAP` control is not reachable
-//!   through FFmpeg (the wrapper keeps its `aom_codec_ctx_t` private and `aom-params` only sets
-//!   named options, none of which is a map).
+//!   libx264 and the hardware encoders). libaom's own `AOME_SET_ROI_MAP` control would not help
+//!   either: the wrapper keeps its `aom_codec_ctx_t` private, `aom-params` only sets named
+//!   options (none is a map), and in the libaom 3.x encoder sources we read
+//!   (`av1/av1_cx_iface.c`) `ctrl_set_roi_map` returns `AOM_CODEC_INVALID_PARAM` ("TODO: Need to
+//!   re-implement and test for AV1"). SVT-AV1 1.4 (Debian 12) has no ROI map input.
 //!
 //! So for AV1 this module encodes the map through the one mechanism every encoder honours: the
 //! picture itself. [`prefilter`](crate::prefilter) low-passes each block in proportion to how
 //! much *lower* its quality offset is than the map's best block, so the background's residual
 //! costs fewer bits and the encoder's rate control spends what it saves where the detail was
-//! kept. It is a real, measurable ROI (see the ROI tests and `docs/video.md`), but a blunter one
-//! than a QP map: it can only take detail away outside, never add bits inside beyond what the
-//! rate control redistributes. Encoders that honour the side data get both (the side data, no
-//! pre-filter).
+//! kept. It is a real, measurable effect (the ROI test: +0.8 dB PSNR-Y inside at 100 kbit/s),
+//! but a much blunter one than a QP map: it takes detail away outside, and libaom's frame-level
+//! rate control hands only part of the saving to the region, so whole-frame quality (and VMAF)
+//! drops far more than the region gains (`docs/video.md`). Encoders that honour the side data
+//! get it as side data, without the pre-filter.
 //!
 //! ## Bitrate changes between frames
 //! `libx264` reconfigures itself when `AVCodecContext.bit_rate` changes between frames (its

@@ -97,6 +97,38 @@ pub fn read_video(path: &Path, max_frames: Option<usize>) -> Result<Clip> {
     })
 }
 
+/// The coded packets of the first video stream of `path` as they are (no decoding), with the
+/// engine's codec for them, e.g. a publisher's recorded VP8 for [`crate::engine::Transcoder`].
+/// H.264 comes out as stored: Annex B from raw `.h264` files (what the engine's decoder and RTP
+/// depacketizing give), length-prefixed (AVCC) from MP4/Matroska, which the engine does not take.
+pub fn read_packets(path: &Path, max_packets: Option<usize>) -> Result<(VideoCodec, Vec<Vec<u8>>)> {
+    crate::init()?;
+    let mut input = ff::format::input(path).map_err(|e| file_err(path, e))?;
+    let stream = input
+        .streams()
+        .best(media::Type::Video)
+        .ok_or_else(|| file_err(path, "no video stream"))?;
+    let index = stream.index();
+    let id = stream.parameters().id();
+    let codec = VideoCodec::from_id(id).ok_or_else(|| {
+        file_err(
+            path,
+            format!("video codec {id:?} (expected AV1, VP9, VP8 or H.264)"),
+        )
+    })?;
+    let limit = max_packets.unwrap_or(usize::MAX);
+    let mut packets = Vec::new();
+    for (s, packet) in input.packets() {
+        if packets.len() >= limit {
+            break;
+        }
+        if s.index() == index {
+            packets.push(packet.data().unwrap_or_default().to_vec());
+        }
+    }
+    Ok((codec, packets))
+}
+
 /// Writes frames as YUV4MPEG2 (`C420jpeg`, the 4:2:0 FFmpeg writes for `yuv420p`).
 pub fn write_y4m(path: &Path, frames: &[Yuv420Frame], fps: (i32, i32)) -> Result<()> {
     let first = frames

@@ -8,6 +8,8 @@
 //!   [`QualityMap`] of per-block quality offsets, keyframe request) for AV1 (libaom realtime;
 //!   SVT-AV1 selectable), VP9 and VP8 (libvpx realtime), x264 (`veryfast`/`zerolatency`). Which
 //!   encoders honour a quality map in FFmpeg 5.1, and how AV1 gets one anyway, is written there.
+//! * [`engine`] — [`Transcoder`](engine::Transcoder): one published stream, publisher packets
+//!   in, receivers' packets out, with the fallbacks (keyframe request, hints dropped, forward).
 //! * [`prefilter`] — the ROI mechanism for encoders that take no map (AV1 here).
 //! * [`metrics`] — PSNR-Y (whole frame, inside a region) and MS-SSIM.
 //! * [`file`] — drivers: read clips (Y4M, MP4, WebM, IVF), write Y4M, mux IVF / H.264.
@@ -17,6 +19,7 @@
 
 pub mod decode;
 pub mod encode;
+pub mod engine;
 pub mod error;
 pub mod file;
 pub mod frame;

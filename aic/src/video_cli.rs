@@ -29,8 +29,9 @@ pub enum VideoCmd {
         /// Target bitrate, kbit/s.
         #[arg(long, default_value_t = 300)]
         kbps: u32,
-        /// Region-of-interest map: `none`, or `centre` (PLACEHOLDER until the detector's maps
-        /// exist: an ellipse over the middle half of the picture, −16 inside, +16 outside).
+        /// Region-of-interest map: `none`, `face` (the face detector every 5th frame, as in
+        /// `bench`), or `centre` (a PLACEHOLDER: an ellipse over the middle half of the picture,
+        /// −16 inside, +16 outside; no detection).
         #[arg(long, default_value = "none")]
         roi: String,
         /// Encode only the first N frames.
@@ -71,6 +72,11 @@ pub struct BenchArgs {
     /// Skip VMAF (the optional Python evaluator).
     #[arg(long)]
     no_vmaf: bool,
+    /// The quality map of the `+roi` rows: `face` (the face detector, `aic_video::roi`, every
+    /// 5th frame through its tracker, boxes → map with its default style) or `centre` (a
+    /// PLACEHOLDER ellipse, no detection). The ROI columns score the same map's better blocks.
+    #[arg(long, default_value = "face")]
+    roi: String,
 }
 
 pub fn run(cmd: VideoCmd) -> Result<()> {
@@ -113,9 +119,44 @@ fn centre_map(w: u32, h: u32) -> Result<QualityMap> {
     Ok(QualityMap::centre_weighted(w, h, 16, 0.5, -16, 16)?)
 }
 
-/// The pixels the ROI columns score: those whose block is inside the centre map.
+/// The pixels the ROI columns score: those whose block the map makes better.
 fn in_roi(map: &QualityMap) -> impl Fn(u32, u32) -> bool + '_ {
     move |x, y| map.offset_at(x, y) < 0
+}
+
+/// One quality map per frame from the face detector: the tracker says which frames are due
+/// (every 5th), the detector runs on those, the tracker's boxes make every frame's map.
+fn face_maps(clip: &Clip) -> Result<(Vec<QualityMap>, String)> {
+    use aic_video::roi::{
+        Detector, DetectorConfig, FrameView, RoiTracker, TrackerConfig, quality_map,
+    };
+    let dir = Detector::default_dir();
+    let mut det = Detector::open(&dir, DetectorConfig::default())
+        .with_context(|| format!("--roi face: the face detector in {}", dir.display()))?;
+    let tcfg = TrackerConfig::default();
+    let mut tracker: RoiTracker<u64> = RoiTracker::new(tcfg);
+    let (mut maps, mut detections, mut faces) = (Vec::with_capacity(clip.frames.len()), 0, 0usize);
+    for (i, f) in clip.frames.iter().enumerate() {
+        let i = i as u64;
+        if tracker.due(0, i) {
+            let found = det.detect(&[FrameView::yuv420(f.width, f.height, &f.y, &f.u, &f.v)])?;
+            detections += 1;
+            faces += found[0].len();
+            tracker.update(0, i, &found[0]);
+        }
+        maps.push(quality_map(&tracker.boxes(0, i), f.width, f.height, 16));
+    }
+    let with_roi = maps
+        .iter()
+        .filter(|m| m.offsets.iter().any(|&o| o < 0))
+        .count();
+    let desc = format!(
+        "face detector (MTCNN, aic_video::roi) every {} frames: {detections} detections, {faces} faces; \
+         {with_roi} of {} frames have a face region; map style: roi::MapStyle::default()",
+        tcfg.every,
+        maps.len()
+    );
+    Ok((maps, desc))
 }
 
 fn kind(name: &str) -> Result<EncoderKind> {
@@ -155,21 +196,22 @@ fn encode(
     let kind = kind(codec)?;
     let clip = load(input, frames)?;
     let (w, h) = (clip.frames[0].width, clip.frames[0].height);
-    let map = match roi {
+    let maps = match roi {
         "none" => None,
-        "centre" | "center" => Some(centre_map(w, h)?),
-        other => bail!("--roi {other:?} (expected none or centre)"),
+        "face" => Some(face_maps(&clip)?.0),
+        "centre" | "center" => Some(vec![centre_map(w, h)?; clip.frames.len()]),
+        other => bail!("--roi {other:?} (expected none, face or centre)"),
     };
     let mut cfg = EncoderConfig::new(kind, w, h, clip.fps_rounded(), kbps.saturating_mul(1000));
-    cfg.roi = map.is_some();
+    cfg.roi = maps.is_some();
     let mut enc = VideoEncoder::new(cfg)?;
-    let hints = FrameHints {
-        quality: map.as_ref(),
-        ..FrameHints::default()
-    };
     let mut packets = Vec::new();
     let t0 = Instant::now();
-    for f in &clip.frames {
+    for (i, f) in clip.frames.iter().enumerate() {
+        let hints = FrameHints {
+            quality: maps.as_ref().map(|m| &m[i]),
+            ..FrameHints::default()
+        };
         enc.encode(f, &hints, &mut packets)?;
     }
     enc.flush(&mut packets)?;
@@ -309,21 +351,22 @@ fn run_row(
     name: &str,
     spec: RowSpec,
     target_kbps: u32,
-    map: &QualityMap,
+    maps: &[QualityMap],
+    map_desc: &str,
 ) -> Result<(Row, Vec<Yuv420Frame>)> {
     let (w, h) = (clip.frames[0].width, clip.frames[0].height);
     let mut cfg = EncoderConfig::new(spec.kind, w, h, clip.fps_rounded(), target_kbps * 1000);
     cfg.roi = spec.roi;
     let mut enc = VideoEncoder::new(cfg)?;
-    let hints = FrameHints {
-        quality: spec.roi.then_some(map),
-        ..FrameHints::default()
-    };
     let mut packets: Vec<EncodedPacket> = Vec::with_capacity(clip.frames.len());
     let mut sent = Vec::with_capacity(clip.frames.len());
     let mut latency = Vec::with_capacity(clip.frames.len());
     let start = Instant::now();
-    for f in &clip.frames {
+    for (f, map) in clip.frames.iter().zip(maps) {
+        let hints = FrameHints {
+            quality: spec.roi.then_some(map),
+            ..FrameHints::default()
+        };
         let before = packets.len();
         sent.push(Instant::now());
         enc.encode(f, &hints, &mut packets)?;
@@ -355,15 +398,13 @@ fn run_row(
     let _ = dec.flush(&mut decoded);
     let n = decoded.len().min(clip.frames.len());
     let pairs = || clip.frames.iter().zip(&decoded).take(n);
-    let inside = in_roi(map);
+    let triples = || pairs().zip(maps);
     let bytes: usize = packets.iter().map(|p| p.data.len()).sum();
     let row = Row {
         clip: name.to_string(),
         codec: spec.label(),
         encoder: spec.kind.ffmpeg_name().to_string(),
-        roi_map: spec.roi.then(|| {
-            "centre-weighted PLACEHOLDER (no detector yet): -16 inside, +16 outside".to_string()
-        }),
+        roi_map: spec.roi.then(|| map_desc.to_string()),
         target_kbps,
         kbps: bytes as f64 * 8.0 / clip.seconds() / 1000.0,
         frames: clip.frames.len(),
@@ -372,12 +413,13 @@ fn run_row(
         decode_errors: dec.stats().errors,
         psnr_y: mean(pairs().map(|(a, b)| psnr_y(a, b))),
         psnr_y_roi: Some(mean(
-            pairs().filter_map(|(a, b)| psnr_y_where(a, b, &inside)),
+            triples().filter_map(|((a, b), m)| psnr_y_where(a, b, in_roi(m))),
         ))
         .filter(|v| v.is_finite()),
-        psnr_y_outside: Some(mean(
-            pairs().filter_map(|(a, b)| psnr_y_where(a, b, |x, y| !inside(x, y))),
-        ))
+        psnr_y_outside: Some(mean(triples().filter_map(|((a, b), m)| {
+            let inside = in_roi(m);
+            psnr_y_where(a, b, |x, y| !inside(x, y))
+        })))
         .filter(|v| v.is_finite()),
         ms_ssim: mean(pairs().map(|(a, b)| ms_ssim_y(a, b))),
         vmaf: None,
@@ -390,18 +432,20 @@ fn run_row(
     Ok((row, decoded))
 }
 
-/// The bounding box of the map's ROI blocks, in pixels (for VMAF on the crop).
-fn roi_box(map: &QualityMap, w: u32, h: u32) -> Option<(u32, u32, u32, u32)> {
+/// The bounding box of the maps' ROI blocks over all frames, in pixels (for VMAF on the crop).
+fn roi_box(maps: &[QualityMap], w: u32, h: u32) -> Option<(u32, u32, u32, u32)> {
     let mut b: Option<(u32, u32, u32, u32)> = None;
-    for r in 0..map.rows {
-        for c in 0..map.cols {
-            if map.offsets[(r * map.cols + c) as usize] < 0 {
-                let (x0, y0) = (c * map.block, r * map.block);
-                let (x1, y1) = ((x0 + map.block).min(w), (y0 + map.block).min(h));
-                b = Some(match b {
-                    None => (x0, y0, x1, y1),
-                    Some((a, bb, cc, d)) => (a.min(x0), bb.min(y0), cc.max(x1), d.max(y1)),
-                });
+    for map in maps {
+        for r in 0..map.rows {
+            for c in 0..map.cols {
+                if map.offsets[(r * map.cols + c) as usize] < 0 {
+                    let (x0, y0) = (c * map.block, r * map.block);
+                    let (x1, y1) = ((x0 + map.block).min(w), (y0 + map.block).min(h));
+                    b = Some(match b {
+                        None => (x0, y0, x1, y1),
+                        Some((a, bb, cc, d)) => (a.min(x0), bb.min(y0), cc.max(x1), d.max(y1)),
+                    });
+                }
             }
         }
     }
@@ -415,11 +459,9 @@ fn bench(a: BenchArgs) -> Result<()> {
         "PSNR-Y: mean of per-frame PSNR of the luma plane (capped at 100 dB); MS-SSIM: luma, \
          Wang et al. 2003, mean over frames; both computed in Rust (aic-video metrics)."
             .to_string(),
-        "psnr_y_roi / psnr_y_outside: the pixels inside / outside the centre region, the same for \
-         every row, so rows without a map are comparable with the +roi rows."
-            .to_string(),
-        "+roi rows use a centre-weighted PLACEHOLDER map (an ellipse over the middle half, -16 \
-         inside, +16 outside, 16-px blocks), not a detector's output."
+        "psnr_y_roi / psnr_y_outside: per frame, the pixels of the blocks the +roi rows' map makes \
+         better / the rest (frames without such blocks are left out), the same pixels for every \
+         row, so rows without a map compare with the +roi rows."
             .to_string(),
         "latency: per frame, from handing the frame to the encoder to its packet coming out; one \
          encoder thread per stream."
@@ -443,8 +485,18 @@ fn bench(a: BenchArgs) -> Result<()> {
             fps: f64::from(clip.fps.0) / f64::from(clip.fps.1.max(1)),
             frames: clip.frames.len(),
         });
-        let map = centre_map(w, h)?;
-        let rbox = roi_box(&map, w, h);
+        let (maps, map_desc) = match a.roi.as_str() {
+            "face" => face_maps(&clip)?,
+            "centre" | "center" => (
+                vec![centre_map(w, h)?; clip.frames.len()],
+                "centre-weighted PLACEHOLDER (no detection): an ellipse over the middle half, \
+                 -16 inside, +16 outside, 16-px blocks"
+                    .to_string(),
+            ),
+            other => bail!("--roi {other:?} (expected face or centre)"),
+        };
+        notes.push(format!("{name}: +roi rows' map: {map_desc}"));
+        let rbox = roi_box(&maps, w, h);
         let ref_path = dir.join(format!("ref-{ci}.yuv"));
         if !a.no_vmaf {
             write_i420(&ref_path, &clip.frames)?;
@@ -452,7 +504,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         for &spec in &specs {
             for &t in &targets {
                 eprintln!("[video bench] {name} {} {t} kbit/s", spec.label());
-                let (row, decoded) = run_row(&clip, &name, spec, t, &map)
+                let (row, decoded) = run_row(&clip, &name, spec, t, &maps, &map_desc)
                     .with_context(|| format!("{name}: {} at {t} kbit/s", spec.label()))?;
                 if !a.no_vmaf {
                     let p = dir.join(format!("dist-{}.yuv", rows.len()));
@@ -486,7 +538,8 @@ fn bench(a: BenchArgs) -> Result<()> {
                 } else {
                     notes.push(
                         "VMAF: v0.6.1 through vmaf-torch (video/eval_vmaf.py), mean over frames; \
-                         vmaf_roi: both clips cropped to the centre region's bounding box."
+                         vmaf_roi: both clips cropped to the bounding box of the map's better blocks over the clip; \
+                         per-frame VMAF clipped to [0, 100]."
                             .into(),
                     );
                 }

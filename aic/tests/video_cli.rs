@@ -64,6 +64,8 @@ fn video_bench_writes_a_table_json_and_plot() {
         "--kbps",
         "150,400",
         "--no-vmaf",
+        "--roi",
+        "centre",
         "--json",
         json.to_str().unwrap(),
         "--svg",

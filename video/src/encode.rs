@@ -15,8 +15,8 @@
 //! `carphone` (QCIF) in one `aic video bench` run, libaom realtime `cpu-used=8` and SVT-AV1
 //! 1.4 `preset 10` low-delay CBR reach the same quality at the same rate (PSNR-Y within
 //! 0.2 dB, VMAF within 0.5 from 100 to 300 kbit/s) at about the same throughput, but SVT-AV1
-//! holds frames in its pipeline: its per-frame latency (frame in → packet out) is 12–17 ms at
-//! p50 against libaom's 2 ms. SVT-AV1 `preset 12` is as fast as libaom but 1 dB worse (an
+//! holds frames in its pipeline: its per-frame latency (frame in → packet out) is 9–15 ms at
+//! p50 against libaom's 1.4–2.5 ms. SVT-AV1 `preset 12` is as fast as libaom but 1 dB worse (an
 //! `ffmpeg` run at 200 kbit/s: 38.3 vs 39.3 dB), and SVT-AV1 1.4 itself warns that its
 //! low-delay mode is "a work-in-progress ... not for benchmarking". So at equal quality libaom
 //! realtime is the faster one *per frame*, which is what real time needs; SVT-AV1 stays

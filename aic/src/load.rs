@@ -72,6 +72,15 @@ pub struct Percentiles {
     pub max: f64,
 }
 
+/// The engine's overload window for these runs: `AIC_SHED_WINDOW_MS` (0 = no shedding, for
+/// an A/B against it), else the engine's default.
+fn shed_window() -> Duration {
+    std::env::var("AIC_SHED_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(EngineConfig::default().shed_window, Duration::from_millis)
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub streams: usize,
@@ -84,6 +93,10 @@ pub struct Run {
     pub late: u64,
     pub dropped: u64,
     pub fallback_rate: f64,
+    /// Times the engine shed a stream under sustained overload, and the frames shed streams
+    /// sent as Opus (part of `fallbacks`).
+    pub streams_shed: u64,
+    pub shed_frames: u64,
     /// Arrival → output, ms.
     pub latency_ms: Percentiles,
     pub queue_wait_ms: Percentiles,
@@ -201,6 +214,7 @@ fn run_once(
     let total = enc_n + dec_n;
     let cfg = EngineConfig {
         max_batch: total.div_ceil(models.len().max(1)).max(1),
+        shed_window: shed_window(),
         ..Default::default()
     };
     let p = Pipeline::start_workers(models.to_vec(), cfg);
@@ -290,6 +304,8 @@ fn run_once(
         fallbacks: fallbacks.max(m.fallbacks),
         late: m.late,
         dropped: m.dropped,
+        streams_shed: m.streams_shed,
+        shed_frames: m.shed_frames,
         fallback_rate: m.fallbacks as f64 / pushed.max(1) as f64,
         latency_ms: lat,
         queue_wait_ms: pct(&m.queue_wait),
@@ -354,6 +370,7 @@ fn run_paired(
     let engine_streams = if chain { 2 * n } else { n };
     let cfg = EngineConfig {
         max_batch: engine_streams.div_ceil(models.len().max(1)).max(1),
+        shed_window: shed_window(),
         ..Default::default()
     };
     let p = Pipeline::start_workers(models.to_vec(), cfg);
@@ -439,6 +456,8 @@ fn run_paired(
         fallbacks: seen.fallbacks,
         late: m.late,
         dropped: m.dropped,
+        streams_shed: m.streams_shed,
+        shed_frames: m.shed_frames,
         fallback_rate,
         latency_ms: pct(&seen.latency),
         queue_wait_ms: pct(&m.queue_wait),
@@ -749,7 +768,7 @@ pub fn table(r: &Report) -> String {
     let runs: Vec<&Run> = r.run.iter().chain(&r.sweep).collect();
     if !runs.is_empty() {
         s += &format!(
-            "{:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>6} {:>8} {:>8}\n",
+            "{:>7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>5} {:>7} {:>7} {:>6} {:>8} {:>8}\n",
             "streams",
             "mode",
             "p50 ms",
@@ -757,6 +776,7 @@ pub fn table(r: &Report) -> String {
             "p99 ms",
             "max ms",
             "fallback",
+            "shed",
             "drops",
             "batch",
             "CPU%",
@@ -765,7 +785,7 @@ pub fn table(r: &Report) -> String {
         );
         for x in &runs {
             s += &format!(
-                "{:>7} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}% {:>7} {:>7.1} {:>6.0} {:>8.2} {:>8}\n",
+                "{:>7} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}% {:>5} {:>7} {:>7.1} {:>6.0} {:>8.2} {:>8}\n",
                 x.streams,
                 format!("{:?}", x.mode).to_lowercase(),
                 x.latency_ms.p50,
@@ -773,6 +793,7 @@ pub fn table(r: &Report) -> String {
                 x.latency_ms.p99,
                 x.latency_ms.max,
                 x.fallback_rate * 100.0,
+                x.streams_shed,
                 x.dropped,
                 x.mean_batch,
                 x.cpu_percent,

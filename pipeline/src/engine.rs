@@ -32,7 +32,8 @@
 //! **Sustained overload sheds whole streams** ([`EngineConfig::shed_window`]): each window, the
 //! frames of encode/transcode streams that missed their deadline shed that many streams' worth,
 //! the newest first — their frames go as Opus before the encoder — and shed streams are taken
-//! back when a window passes without misses and the model's busy share leaves room. Without
+//! back one per window after five windows without misses, while the model's busy share leaves
+//! room. Without
 //! it, a load 15 % over capacity had every stream alternate between AIC and Opus (thousands of
 //! codec switches a minute, each one audible, and smaller batches that carry less); with it a
 //! few streams carry the whole excess as steady Opus and the rest stay AIC in full batches
@@ -145,9 +146,9 @@ pub struct EngineConfig {
     pub probe_interval: Duration,
     /// Overload control: every window, frames of PCM-in streams that missed the model's
     /// deadline shed whole streams (the newest first; all their frames go as Opus) instead of
-    /// every stream alternating between AIC and Opus. A shed stream is taken back, one per
-    /// window, once the window had no such frame and the model's busy share leaves room for it.
-    /// Zero turns shedding off.
+    /// every stream alternating between AIC and Opus. Shed streams are taken back one per
+    /// window after five windows in a row without such a frame, while the model's busy share
+    /// leaves room. Zero turns shedding off.
     pub shed_window: Duration,
 }
 
@@ -374,6 +375,9 @@ impl StepModel {
     }
 }
 
+/// Windows without a miss before shed streams are taken back (one per window from then on).
+const CALM_WINDOWS: u32 = 5;
+
 /// What the overload control counts over one window.
 #[derive(Debug, Default)]
 struct Overload {
@@ -382,6 +386,11 @@ struct Overload {
     missed: u64,
     /// Model time spent in the window.
     busy: Duration,
+    /// Windows in a row without a miss (carried over from window to window).
+    calm: u32,
+    /// Streams were shed at the end of the last window: this window's misses may still be the
+    /// backlog from before, so they shed nothing (carried over).
+    cooling: bool,
 }
 
 fn bucket(n: usize) -> usize {
@@ -855,15 +864,29 @@ impl Engine {
         if elapsed < window {
             return;
         }
-        let o = std::mem::take(&mut self.overload);
+        let mut o = std::mem::take(&mut self.overload);
         self.overload.start = Some(now);
+        o.calm = if o.missed > 0 { 0 } else { o.calm + 1 };
+        self.overload.calm = o.calm;
+        if std::mem::take(&mut o.cooling) {
+            return;
+        }
         let frame_period = 20e-3;
         let per_stream = (elapsed.as_secs_f64() / frame_period).max(1.0);
         let pcm_in = |s: &Slot| s.stream.is_some() && s.cfg.direction.takes_pcm();
         let unshed = self.slots.iter().filter(|s| pcm_in(s) && !s.shed).count();
+        let busy = o.busy.as_secs_f64() / elapsed.as_secs_f64();
         if o.missed > 0 {
-            // Streams' worth of frames that missed: shed that many more, newest first.
-            let k = ((o.missed as f64 / per_stream).ceil() as usize).min(unshed.saturating_sub(1));
+            // Streams' worth of frames that missed: shed that many more, newest first — but no
+            // more than the model's busy share says it is over (a burst of misses from one
+            // stall would otherwise shed far too many), and at least one.
+            let missed = (o.missed as f64 / per_stream).ceil() as usize;
+            let over = if busy > 0.95 {
+                unshed - ((unshed as f64 * 0.95 / busy).floor() as usize).min(unshed)
+            } else {
+                0
+            };
+            let k = missed.min(over.max(1)).min(unshed.saturating_sub(1));
             for _ in 0..k {
                 let newest = (0..self.slots.len())
                     .filter(|&i| pcm_in(&self.slots[i]) && !self.slots[i].shed)
@@ -872,23 +895,22 @@ impl Engine {
                     self.slots[i].shed = true;
                     self.metrics.streams_shed += 1;
                     self.metrics.shed_now += 1;
+                    self.overload.cooling = true;
                 }
             }
-        } else if unshed > 0 {
-            // Take shed streams back, the oldest first, as many as the model's busy share
-            // leaves room for: busy time taken as growing linearly with the streams served
-            // (batching makes it grow slower, so this errs on the safe side), up to 90 %.
-            let busy = o.busy.as_secs_f64() / elapsed.as_secs_f64();
-            let room = if busy <= 0.0 {
-                usize::MAX
-            } else {
-                ((0.9 / busy) * unshed as f64).floor() as usize
-            };
-            for _ in unshed..room {
-                let oldest = (0..self.slots.len())
-                    .filter(|&i| pcm_in(&self.slots[i]) && self.slots[i].shed)
-                    .min_by_key(|&i| self.slots[i].stream);
-                let Some(i) = oldest else { break };
+        } else if unshed > 0 && o.calm >= CALM_WINDOWS {
+            // After a calm spell, take one shed stream back per window, the oldest first, if
+            // the model's busy share leaves room for it: busy time taken as growing linearly
+            // with the streams served (batching makes it grow slower: the safe side), up to
+            // 90 %. One at a time, after a calm second: misses are not only the model's time
+            // (a machine short of CPU misses deadlines at any busy share), so taking many back
+            // at once flaps.
+            let oldest = (0..self.slots.len())
+                .filter(|&i| pcm_in(&self.slots[i]) && self.slots[i].shed)
+                .min_by_key(|&i| self.slots[i].stream);
+            if let Some(i) = oldest
+                && busy * (unshed + 1) as f64 <= 0.9 * unshed as f64
+            {
                 self.slots[i].shed = false;
                 self.metrics.shed_now = self.metrics.shed_now.saturating_sub(1);
             }

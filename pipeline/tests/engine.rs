@@ -297,8 +297,9 @@ fn overload_falls_back_to_opus_bounded_and_recovers() {
     let phase =
         |t: usize, step: Duration, e: &mut Engine, outs: &mut Vec<Output>, now: &mut Instant| {
             let tick = *now;
+            let f = t % 90; // the clips loop
             for (i, &id) in ids.iter().enumerate() {
-                e.push_pcm(tick, id, &audio[i][t * 320..(t + 1) * 320])
+                e.push_pcm(tick, id, &audio[i][f * 320..(f + 1) * 320])
                     .unwrap();
             }
             // Run batches back to back while the tick lasts (a driver thread does the same):
@@ -368,12 +369,15 @@ fn overload_falls_back_to_opus_bounded_and_recovers() {
     // Bounded: nothing queued beyond the per-stream limit, every frame accounted for.
     let m1 = e.metrics.clone();
     assert!(m1.frames_in - m1.frames_out - m1.dropped <= 8 * 3);
-    // Recovery: the backend is fast again; after a short transient, no more fallbacks.
-    for t in 40..60 {
+    // Recovery: the backend is fast again. The engine shed 7 of the 8 streams during the
+    // overload; it takes them back one per 200 ms window after a calm second (2.4 s), then no
+    // more fallbacks.
+    for t in 40..180 {
         phase(t, Duration::from_millis(3), &mut e, &mut outs, &mut now);
     }
+    assert_eq!(e.metrics.shed_now, 0, "{:?}", e.metrics);
     let settled = e.metrics.fallbacks;
-    for t in 60..90 {
+    for t in 180..210 {
         phase(t, Duration::from_millis(3), &mut e, &mut outs, &mut now);
     }
     assert_eq!(
@@ -381,7 +385,7 @@ fn overload_falls_back_to_opus_bounded_and_recovers() {
         "fallbacks continued after load fell"
     );
     assert!(
-        e.metrics.frames_out > m1.frames_out + 8 * 25,
+        e.metrics.frames_out > m1.frames_out + 8 * 160,
         "{m1:?} then {:?}",
         e.metrics
     );

@@ -213,6 +213,10 @@ pub struct EncoderConfig {
     /// Quality maps will come: VP9 then runs with `aq-mode=0`, which its ROI needs (libvpx
     /// ignores ROI maps otherwise); for the others this changes nothing.
     pub roi: bool,
+    /// libaom's realtime speed (`cpu-used`, 0..=10 with `usage=realtime`; libaom 3.6 takes 9
+    /// and 10 only through `aom-params`, FFmpeg 5.1's option stops at 8); `None` keeps the
+    /// module's setting (8). Only `av1` reads it. `docs/video.md` has the measured trade-off.
+    pub av1_speed: Option<u8>,
 }
 
 impl EncoderConfig {
@@ -229,6 +233,7 @@ impl EncoderConfig {
             keyint: 0,
             threads: 1,
             roi: false,
+            av1_speed: None,
         }
     }
 
@@ -247,6 +252,13 @@ impl EncoderConfig {
             )));
         }
         check_bitrate(self.bitrate_bps)?;
+        if let Some(s) = self.av1_speed
+            && s > 10
+        {
+            return Err(Error::InvalidConfig(format!(
+                "av1 speed {s} (libaom realtime takes 0..=10)"
+            )));
+        }
         if !(1..=16).contains(&self.threads) {
             return Err(Error::InvalidConfig(format!(
                 "threads {} (expected 1..=16)",
@@ -630,7 +642,11 @@ fn open(cfg: &EncoderConfig) -> Result<ff::encoder::Video> {
     match cfg.kind {
         EncoderKind::Av1 => {
             o.set("usage", "realtime");
-            o.set("cpu-used", "8");
+            let speed = cfg.av1_speed.unwrap_or(8);
+            o.set("cpu-used", &speed.min(8).to_string());
+            if speed > 8 {
+                o.set("aom-params", &format!("cpu-used={speed}"));
+            }
             o.set("lag-in-frames", "0");
             o.set("row-mt", "1");
             // minrate = maxrate = bitrate selects libaom's CBR in the 5.1 wrapper.

@@ -10,6 +10,10 @@
 //!   encoders honour a quality map in FFmpeg 5.1, and how AV1 gets one anyway, is written there.
 //! * [`engine`] — [`Transcoder`](engine::Transcoder): one published stream, publisher packets
 //!   in, receivers' packets out, with the fallbacks (keyframe request, hints dropped, forward).
+//! * [`live`] — the real-time driver: N paced streams through decode → encode, the face
+//!   detector batched across them, hints only when in time, overloaded streams dropped to
+//!   forwarding (`aic bench load --video`).
+//! * [`resize`] — centred crop + FFmpeg's scaler, for test media of other sizes.
 //! * [`prefilter`] — the ROI mechanism for encoders that take no map (AV1 here).
 //! * [`metrics`] — PSNR-Y (whole frame, inside a region) and MS-SSIM.
 //! * [`file`] — drivers: read clips (Y4M, MP4, WebM, IVF), write Y4M, mux IVF / H.264.
@@ -23,8 +27,10 @@ pub mod engine;
 pub mod error;
 pub mod file;
 pub mod frame;
+pub mod live;
 pub mod metrics;
 pub mod prefilter;
+pub mod resize;
 pub mod roi;
 mod side_data;
 

@@ -12,6 +12,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(blocks.count() * 24 + extension.len() <= data.len());
             }
             Ok(Packet::Other { body, .. }) => assert!(body.len() <= data.len()),
+            Ok(Packet::Nack { items, .. }) => {
+                assert!(items.clone().count() * 4 <= data.len());
+                assert!(items.sequences().count() <= data.len() / 4 * 17);
+            }
+            Ok(Packet::Pli { .. } | Packet::Fir { .. }) => {}
             Err(_) => {}
         }
     }

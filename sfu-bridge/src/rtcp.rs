@@ -2,11 +2,14 @@
 //!
 //! * Parsing: [`Compound::new`] walks a compound packet without copying or allocating;
 //!   [`Packet::SenderReport`] / [`Packet::ReceiverReport`] give their fields and an iterator of
-//!   [`ReportBlock`]s; every other packet type (SDES, BYE, APP, feedback) comes back as
-//!   [`Packet::Other`] with its bytes. Malformed input is a typed error, never a panic (fuzz
-//!   target `rtcp`).
-//! * Writing: [`write_sender_report`], [`write_receiver_report`] into a caller's buffer;
-//!   [`SenderStats`] counts what the SR reports.
+//!   [`ReportBlock`]s; the video feedback messages come back as [`Packet::Pli`] (RFC 4585
+//!   §6.3.1), [`Packet::Fir`] (RFC 5104 §4.3.1) and [`Packet::Nack`] (generic NACK, RFC 4585
+//!   §6.2.1); every other packet type (SDES, BYE, APP, other feedback) as [`Packet::Other`]
+//!   with its bytes. Malformed input is a typed error, never a panic (fuzz targets `rtcp`,
+//!   `video_rtp`).
+//! * Writing: [`write_sender_report`], [`write_receiver_report`], [`write_pli`], [`write_fir`]
+//!   into a caller's buffer; [`SenderStats`] counts what the SR reports. A PLI or FIR may be
+//!   sent alone (reduced-size RTCP, RFC 5506), which is what browsers and Janus do.
 //! * [`ReceiverStats`]: the receiver-side state machine of RFC 3550 appendix A.1/A.3/A.8, fed
 //!   `now` and each RTP arrival: extended highest sequence number, cumulative and fraction
 //!   lost, interarrival jitter, and LSR/DLSR from the last sender report.
@@ -30,10 +33,19 @@ pub enum RtcpError {
     Buffer { have: usize, need: usize },
     #[error("{0} report blocks, at most 31")]
     TooManyBlocks(usize),
+    #[error("feedback packet (PT {pt}, FMT {fmt}) of {len} bytes is too short")]
+    Feedback { pt: u8, fmt: u8, len: usize },
 }
 
 pub const PT_SR: u8 = 200;
 pub const PT_RR: u8 = 201;
+/// Transport-layer feedback (RFC 4585): FMT 1 = generic NACK.
+pub const PT_RTPFB: u8 = 205;
+/// Payload-specific feedback (RFC 4585): FMT 1 = PLI, FMT 4 = FIR (RFC 5104).
+pub const PT_PSFB: u8 = 206;
+pub const FMT_NACK: u8 = 1;
+pub const FMT_PLI: u8 = 1;
+pub const FMT_FIR: u8 = 4;
 const BLOCK: usize = 24;
 
 /// One reception report block (RFC 3550 §6.4.1).
@@ -125,9 +137,57 @@ pub enum Packet<'a> {
         blocks: Blocks<'a>,
         extension: &'a [u8],
     },
+    /// Picture loss indication (PSFB, FMT 1): `sender_ssrc` asks `media_ssrc` for a keyframe.
+    Pli { sender_ssrc: u32, media_ssrc: u32 },
+    /// Full intra request (PSFB, FMT 4), its first FCI entry: `media_ssrc` is the entry's SSRC
+    /// (the header's media SSRC is 0 in a FIR), `seq_nr` the request's sequence number (a
+    /// repeated number is a retransmission of the same request).
+    Fir {
+        sender_ssrc: u32,
+        media_ssrc: u32,
+        seq_nr: u8,
+    },
+    /// Generic NACK (RTPFB, FMT 1): the sequence numbers `media_ssrc`'s receiver misses.
+    Nack {
+        sender_ssrc: u32,
+        media_ssrc: u32,
+        items: NackItems<'a>,
+    },
     /// Any other packet type: its payload type, count field and body (after the 4-byte
     /// header, padding removed).
     Other { pt: u8, count: u8, body: &'a [u8] },
+}
+
+/// The FCI entries of a generic NACK: each a packet id (PID) and a bitmask of the 16 following
+/// sequence numbers (BLP). [`NackItems::sequences`] lists every missing sequence number.
+#[derive(Debug, Clone)]
+pub struct NackItems<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> NackItems<'a> {
+    /// Every sequence number the NACK reports missing, in FCI order.
+    pub fn sequences(self) -> impl Iterator<Item = u16> + 'a {
+        self.flat_map(|(pid, blp)| {
+            std::iter::once(pid).chain(
+                (0..16u16)
+                    .filter(move |i| blp >> i & 1 == 1)
+                    .map(move |i| pid.wrapping_add(i + 1)),
+            )
+        })
+    }
+}
+
+impl Iterator for NackItems<'_> {
+    /// `(pid, blp)`.
+    type Item = (u16, u16);
+    fn next(&mut self) -> Option<(u16, u16)> {
+        let [a, b, c, d, rest @ ..] = self.data else {
+            return None;
+        };
+        self.data = rest;
+        Some((u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d])))
+    }
 }
 
 /// Iterator over the packets of a compound RTCP packet. Stops at the first malformed packet
@@ -229,6 +289,45 @@ fn parse_one(d: &[u8]) -> Result<(Packet<'_>, usize), RtcpError> {
                 extension: &body[need..],
             }
         }
+        PT_PSFB | PT_RTPFB
+            if matches!(
+                (pt, count),
+                (PT_PSFB, FMT_PLI | FMT_FIR) | (PT_RTPFB, FMT_NACK)
+            ) =>
+        {
+            let short = RtcpError::Feedback {
+                pt,
+                fmt: count,
+                len: body.len(),
+            };
+            if body.len() < 8 {
+                return Err(short);
+            }
+            let (sender_ssrc, media_ssrc) = (u(body, 0), u(body, 4));
+            match (pt, count) {
+                (PT_PSFB, FMT_PLI) => Packet::Pli {
+                    sender_ssrc,
+                    media_ssrc,
+                },
+                (PT_PSFB, _) => {
+                    if body.len() < 16 {
+                        return Err(short);
+                    }
+                    Packet::Fir {
+                        sender_ssrc,
+                        media_ssrc: u(body, 8),
+                        seq_nr: body[12],
+                    }
+                }
+                _ => Packet::Nack {
+                    sender_ssrc,
+                    media_ssrc,
+                    items: NackItems {
+                        data: &body[8..8 + (body.len() - 8) / 4 * 4],
+                    },
+                },
+            }
+        }
         _ => Packet::Other { pt, count, body },
     };
     Ok((p, len))
@@ -287,6 +386,37 @@ pub fn write_receiver_report(
         b.write(&mut out[8 + i * BLOCK..8 + (i + 1) * BLOCK]);
     }
     Ok(len)
+}
+
+/// Writes a picture loss indication (RFC 4585 §6.3.1: PSFB, FMT 1, 12 bytes) into `out`:
+/// `sender_ssrc` asks the source `media_ssrc` for a keyframe. Returns its length, or 0 (nothing
+/// written) when `out` is shorter than 12 bytes.
+pub fn write_pli(out: &mut [u8], sender_ssrc: u32, media_ssrc: u32) -> usize {
+    const LEN: usize = 12;
+    if out.len() < LEN {
+        return 0;
+    }
+    header(out, usize::from(FMT_PLI), PT_PSFB, LEN);
+    out[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+    out[8..12].copy_from_slice(&media_ssrc.to_be_bytes());
+    LEN
+}
+
+/// Writes a full intra request (RFC 5104 §4.3.1: PSFB, FMT 4, one FCI entry, 20 bytes) into
+/// `out`. `seq_nr` must change with every new request (and stay for a retransmission). Returns
+/// its length, or 0 when `out` is shorter than 20 bytes.
+pub fn write_fir(out: &mut [u8], sender_ssrc: u32, media_ssrc: u32, seq_nr: u8) -> usize {
+    const LEN: usize = 20;
+    if out.len() < LEN {
+        return 0;
+    }
+    header(out, usize::from(FMT_FIR), PT_PSFB, LEN);
+    out[4..8].copy_from_slice(&sender_ssrc.to_be_bytes());
+    out[8..12].fill(0); // media source SSRC: unused in a FIR
+    out[12..16].copy_from_slice(&media_ssrc.to_be_bytes());
+    out[16] = seq_nr;
+    out[17..20].fill(0);
+    LEN
 }
 
 /// NTP timestamp for a time since the Unix epoch (the caller reads the wall clock).
@@ -588,6 +718,76 @@ mod tests {
         ));
         let mut buf = [0u8; 10];
         assert!(write_receiver_report(1, &[ReportBlock::default()], &mut buf).is_err());
+    }
+
+    #[test]
+    fn pli_fir_and_nack() {
+        let mut buf = [0u8; 64];
+        assert_eq!(write_pli(&mut buf[..11], 1, 2), 0);
+        let n = write_pli(&mut buf, 0x0102_0304, 0x0A0B_0C0D);
+        assert_eq!(
+            buf[..n],
+            [0x81, 206, 0, 2, 1, 2, 3, 4, 0x0A, 0x0B, 0x0C, 0x0D]
+        );
+        let m = write_fir(&mut buf[n..], 7, 0xCAFE_F00D, 9);
+        assert_eq!(m, 20);
+        assert_eq!(buf[n..n + 4], [0x84, 206, 0, 4]);
+        assert_eq!(buf[n + 12..n + 17], [0xCA, 0xFE, 0xF0, 0x0D, 9]);
+        assert_eq!(write_fir(&mut buf[..19], 1, 2, 3), 0);
+        // A generic NACK: PID 100 with BLP bits 0 and 15 (101, 116), PID 65535 alone.
+        let nack = [
+            0x81, 205, 0, 4, 0, 0, 0, 5, 0, 0, 0, 6, 0, 100, 0x80, 0x01, 0xFF, 0xFF, 0, 0,
+        ];
+        buf[n + m..n + m + 20].copy_from_slice(&nack);
+        let pkts: Vec<_> = Compound::new(&buf[..n + m + 20])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(matches!(
+            pkts[0],
+            Packet::Pli {
+                sender_ssrc: 0x0102_0304,
+                media_ssrc: 0x0A0B_0C0D
+            }
+        ));
+        assert!(matches!(
+            pkts[1],
+            Packet::Fir {
+                sender_ssrc: 7,
+                media_ssrc: 0xCAFE_F00D,
+                seq_nr: 9
+            }
+        ));
+        match &pkts[2] {
+            Packet::Nack {
+                sender_ssrc: 5,
+                media_ssrc: 6,
+                items,
+            } => {
+                assert_eq!(
+                    items.clone().sequences().collect::<Vec<_>>(),
+                    [100, 101, 116, 65535]
+                );
+            }
+            p => panic!("{p:?}"),
+        }
+        // Other feedback (REMB: PSFB FMT 15) stays Other; a cut-short PLI or FIR is an error.
+        let remb = [0x8F, 206, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0];
+        assert!(matches!(
+            Compound::new(&remb).next(),
+            Some(Ok(Packet::Other {
+                pt: 206,
+                count: 15,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            Compound::new(&[0x81, 206, 0, 1, 0, 0, 0, 1]).next(),
+            Some(Err(RtcpError::Feedback { .. }))
+        ));
+        assert!(matches!(
+            Compound::new(&[0x84, 206, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0]).next(),
+            Some(Err(RtcpError::Feedback { .. }))
+        ));
     }
 
     #[test]

@@ -350,7 +350,7 @@ impl FrameAssembler {
     }
 
     /// Declares the head-of-line gap lost: moves to the first buffered packet (or, with none,
-    /// so that `target` fits the window) and takes what follows.
+    /// to `target`, the packet that did not fit the window) and takes what follows.
     fn skip_gap(&mut self, target: u16, err: &mut Option<VideoRtpError>) {
         let Some(next) = self.next_seq else {
             return;
@@ -365,7 +365,7 @@ impl FrameAssembler {
                 })
                 .unwrap_or(next.wrapping_add(1))
         } else {
-            target.wrapping_sub(w).wrapping_add(1)
+            target
         };
         let lost = to.wrapping_sub(next).max(1);
         self.stats.lost += u64::from(lost);

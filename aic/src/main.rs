@@ -15,6 +15,7 @@ mod plot;
 mod soak;
 mod transcode;
 mod video_cli;
+mod video_load;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -233,10 +234,13 @@ enum BenchSub {
         json: Option<PathBuf>,
     },
     /// Many real-time streams through the batched pipeline: latency, batching, fallbacks, CPU.
+    /// `--video`: published video streams instead (VP8 in → AV1 out, the face detector batched
+    /// across them): frames out, encode and end-to-end latency, hints in time or late, PASS.
     Load {
-        /// Streams per direction (`transcode`, `chain`: PCM-in → PCM-out paths).
-        #[arg(long, default_value_t = 8)]
-        streams: usize,
+        /// Streams per direction (`transcode`, `chain`: PCM-in → PCM-out paths); default 8
+        /// (audio), 1 (`--video`); with `--sweep --video` the largest count tried.
+        #[arg(long)]
+        streams: Option<usize>,
         /// Seconds of real time per run.
         #[arg(long, default_value_t = 10.0)]
         duration: f64,
@@ -260,6 +264,39 @@ enum BenchSub {
         clips: Option<PathBuf>,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Video streams (`aic_video::live`) instead of audio; `--workers` then counts encoder
+        /// threads (default: one per stream).
+        #[arg(long)]
+        video: bool,
+        /// --video: picture size, `360p`, `720p` or `WxH`.
+        #[arg(long, default_value = "360p")]
+        size: String,
+        /// --video: frames per second of the publishers.
+        #[arg(long, default_value_t = 30)]
+        fps: u32,
+        /// --video: the receivers' encoder: av1 (libaom realtime), av1-svt, vp9, vp8, x264.
+        #[arg(long, default_value = "av1")]
+        codec: String,
+        /// --video: the receivers' target, kbit/s (default: what a browser sends for the size).
+        #[arg(long)]
+        kbps: Option<u32>,
+        /// --video: libaom's realtime speed (`cpu-used`, 0..=10; default 8).
+        #[arg(long)]
+        av1_speed: Option<u8>,
+        /// --video: hints from the face detector (`face`, needs ONNX Runtime) or none.
+        #[arg(long, value_enum, default_value_t = video_load::Roi::Face)]
+        roi: video_load::Roi,
+        /// --video: the clip every stream loops (default `$AIC_VIDEO_DIR` or
+        /// `$HOME/.cache/aic/video`, `carphone.y4m`; FFmpeg's testsrc2 when absent).
+        #[arg(long)]
+        clip: Option<PathBuf>,
+        /// --video: the detector looks at every N-th frame of each stream.
+        #[arg(long, default_value_t = 5)]
+        detect_every: u64,
+        /// --video: how long after its frame's arrival a detection may come back before the
+        /// frames it covers go without hints, ms (default: two frame periods).
+        #[arg(long)]
+        ai_deadline_ms: Option<u64>,
     },
 }
 
@@ -531,6 +568,65 @@ fn run(cli: Cli) -> Result<()> {
                 Some(BenchSub::Load {
                     streams,
                     duration,
+                    sweep,
+                    workers,
+                    json,
+                    video: true,
+                    size,
+                    fps,
+                    codec,
+                    kbps,
+                    av1_speed,
+                    roi,
+                    clip,
+                    detect_every,
+                    ai_deadline_ms,
+                    ..
+                }),
+            ..
+        }) => {
+            let (width, height) = video_load::parse_size(&size)?;
+            let streams = streams.unwrap_or(if sweep { 8 } else { 1 });
+            if !(1..=64).contains(&streams) || !(1..=120).contains(&fps) {
+                bail!("--streams must be in 1..=64, --fps in 1..=120");
+            }
+            if !(0.5..=600.0).contains(&duration) {
+                bail!("--duration {duration} not in 0.5..=600 seconds");
+            }
+            if !(1..=300).contains(&detect_every) {
+                bail!("--detect-every {detect_every} not in 1..=300");
+            }
+            let codec = aic_video::EncoderKind::from_name(&codec)
+                .with_context(|| format!("--codec {codec}: av1, av1-svt, vp9, vp8 or x264"))?;
+            let opts = video_load::Options {
+                streams,
+                sweep,
+                width,
+                height,
+                fps,
+                duration: std::time::Duration::from_secs_f64(duration),
+                codec,
+                kbps,
+                av1_speed,
+                roi,
+                workers: workers.unwrap_or(0).min(64),
+                clip,
+                detect_every,
+                ai_deadline: ai_deadline_ms.map(std::time::Duration::from_millis),
+            };
+            let rep = video_load::run(&opts)?;
+            print!("{}", video_load::table(&rep));
+            if let Some(p) = &json {
+                std::fs::write(p, serde_json::to_string_pretty(&rep)?)
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+                eprintln!("report: {}", p.display());
+            }
+        }
+        Cmd::Bench(BenchArgs {
+            sub:
+                Some(BenchSub::Load {
+                    streams,
+                    duration,
                     mode,
                     level,
                     budget_ms,
@@ -538,9 +634,11 @@ fn run(cli: Cli) -> Result<()> {
                     workers,
                     clips,
                     json,
+                    ..
                 }),
             ..
         }) => {
+            let streams = streams.unwrap_or(8);
             let dir = model_dir.unwrap_or_else(aic_pipeline::aic::default_model_dir);
             let mut opts =
                 load_options(streams, 512, duration, level, mode, budget_ms, sweep, clips)?;

@@ -162,3 +162,59 @@ fn video_encode_then_decode_round_trips_through_files() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown codec"));
 }
+
+#[test]
+fn bench_load_video_runs_paced_streams_and_says_pass_or_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = clip(dir.path());
+    let json = dir.path().join("load.json");
+    let o = aic(&[
+        "bench",
+        "load",
+        "--video",
+        "--clip",
+        &input,
+        "--size",
+        "96x54",
+        "--streams",
+        "2",
+        "--duration",
+        "1",
+        "--roi",
+        "none",
+        "--av1-speed",
+        "10",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("96x54") && (stdout.contains("PASS") || stdout.contains("FAIL")),
+        "{stdout}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{v}");
+    let r = &runs[0];
+    assert_eq!(r["streams"], 2);
+    assert_eq!(r["codec"], "av1");
+    // 1 s at 30 fps, 2 streams; every frame is encoded, dropped or forwarded.
+    assert_eq!(r["frames_in"], 60, "{r}");
+    let (enc, drop, fwd) = (
+        r["frames_encoded"].as_u64().unwrap(),
+        r["frames_dropped"].as_u64().unwrap(),
+        r["packets_forwarded"].as_u64().unwrap(),
+    );
+    assert_eq!(enc + drop + fwd, 60, "{r}");
+    assert!(enc > 0 && r["kbps_out"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["e2e_ms"]["p99"].as_f64().unwrap() >= r["e2e_ms"]["p50"].as_f64().unwrap());
+    assert!(r["detector"].is_null());
+    assert_eq!(
+        r["pass"].as_bool().unwrap(),
+        r["why"].as_array().unwrap().is_empty()
+    );
+    // Bad sizes are refused before anything runs.
+    let o = aic(&["bench", "load", "--video", "--size", "97x54"]);
+    assert!(!o.status.success());
+}

@@ -214,8 +214,8 @@ pub struct EncoderConfig {
     /// ignores ROI maps otherwise); for the others this changes nothing.
     pub roi: bool,
     /// libaom's realtime speed (`cpu-used`, 0..=10 with `usage=realtime`; libaom 3.6 takes 9
-    /// and 10 only through `aom-params`, FFmpeg 5.1's option stops at 8); `None` keeps the
-    /// module's setting (8). Only `av1` reads it. `docs/video.md` has the measured trade-off.
+    /// and 10 only through `aom-params`, FFmpeg 5.1's option stops at 8); `None` takes
+    /// `AIC_AV1_SPEED` if set, else 8. Only `av1` reads it. `docs/video.md` has the measured trade-off.
     pub av1_speed: Option<u8>,
 }
 
@@ -618,6 +618,17 @@ impl VideoEncoder {
     }
 }
 
+/// `AIC_AV1_SPEED` (0..=10): libaom's realtime speed where the config leaves it open, so that
+/// tools which do not expose [`EncoderConfig::av1_speed`] (`aic video bench`) can compare speeds.
+fn av1_speed_from_env() -> Option<u8> {
+    std::env::var("AIC_AV1_SPEED")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|s| *s <= 10)
+}
+
 /// Opens the FFmpeg encoder for `cfg` (see the module docs for the settings).
 fn open(cfg: &EncoderConfig) -> Result<ff::encoder::Video> {
     let name = cfg.kind.ffmpeg_name();
@@ -642,7 +653,7 @@ fn open(cfg: &EncoderConfig) -> Result<ff::encoder::Video> {
     match cfg.kind {
         EncoderKind::Av1 => {
             o.set("usage", "realtime");
-            let speed = cfg.av1_speed.unwrap_or(8);
+            let speed = cfg.av1_speed.or_else(av1_speed_from_env).unwrap_or(8);
             o.set("cpu-used", &speed.min(8).to_string());
             if speed > 8 {
                 o.set("aom-params", &format!("cpu-used={speed}"));

@@ -11,7 +11,12 @@
 //! bit (or by the next timestamp). After a loss the assembler does not know where the next
 //! frame starts, so it discards packets until one that surely starts a frame: the one after a
 //! marker, after a timestamp change between consecutive packets, or one the format marks (VP8
-//! S=1/PID=0, H.264 AUD/SPS, AV1 N=1 or a leading sequence header).
+//! S=1/PID=0, H.264 AUD/SPS, AV1 N=1 or a leading sequence header). Packets without payload
+//! (padding-only, as browsers send to probe bandwidth) only fill their sequence number.
+//!
+//! One SSRC is followed: the first seen; another replaces it after [`SSRC_SWITCH_PACKETS`]
+//! packets in a row or [`SSRC_SWITCH_SILENCE`] of the followed one (then everything starts
+//! over, waiting for a keyframe); stray packets of another SSRC are counted and ignored.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -23,6 +28,11 @@ use crate::rtp::RtpPacket;
 /// A sequence-number jump (forwards or backwards) beyond which the stream is taken to have
 /// restarted.
 pub const RESYNC_DISTANCE: u16 = 1000;
+
+/// Packets in a row from another SSRC that make the assembler follow it.
+pub const SSRC_SWITCH_PACKETS: u32 = 8;
+/// Silence of the followed SSRC after which another one is followed at its first packet.
+pub const SSRC_SWITCH_SILENCE: Duration = Duration::from_millis(500);
 
 /// Tuning of a [`FrameAssembler`]; `Default` is what the bridge uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +114,10 @@ pub struct AssemblerStats {
     pub errors_too_large: u64,
     /// Restarts: a new SSRC, or a sequence-number jump beyond [`RESYNC_DISTANCE`].
     pub resyncs: u64,
+    /// Packets of another SSRC than the one followed, ignored.
+    pub foreign_ssrc: u64,
+    /// Packets without payload (padding-only), skipped.
+    pub padding: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +153,10 @@ pub struct FrameAssembler {
     cfg: AssemblerConfig,
     depack: Depacketizer,
     ssrc: Option<u32>,
+    /// When the followed SSRC last sent a packet.
+    last_packet_at: Option<Instant>,
+    /// Another SSRC and how many packets in a row it has sent.
+    candidate: Option<(u32, u32)>,
     /// The next sequence number to take; `None` before the first packet.
     next_seq: Option<u16>,
     /// Bit i: sequence number `next_seq - 1 - i` was received (for duplicates vs late).
@@ -187,6 +205,8 @@ impl FrameAssembler {
             depack: Depacketizer::new(payload, cfg.max_frame_bytes),
             cfg,
             ssrc: None,
+            last_packet_at: None,
+            candidate: None,
             next_seq: None,
             history: 0,
             ring,
@@ -235,11 +255,14 @@ impl FrameAssembler {
             return Err(e);
         }
         if self.ssrc != Some(pkt.ssrc) {
-            if self.ssrc.is_some() {
-                self.resync();
+            if !self.switch_ssrc(now, pkt.ssrc) {
+                self.stats.foreign_ssrc += 1;
+                return first(err);
             }
-            self.ssrc = Some(pkt.ssrc);
+        } else {
+            self.candidate = None;
         }
+        self.last_packet_at = Some(now);
         let seq = pkt.sequence;
         let next = *self.next_seq.get_or_insert(seq);
         let ahead = seq.wrapping_sub(next);
@@ -332,6 +355,29 @@ impl FrameAssembler {
             self.stats.keyframe_requests += 1;
         }
         due
+    }
+
+    /// Whether to follow `ssrc` from now on: the first one; or another one once it has sent
+    /// [`SSRC_SWITCH_PACKETS`] packets in a row, or once the followed one has been silent for
+    /// [`SSRC_SWITCH_SILENCE`] (stray packets of another stream do not break this one).
+    fn switch_ssrc(&mut self, now: Instant, ssrc: u32) -> bool {
+        if self.ssrc.is_some() {
+            let run = match self.candidate {
+                Some((c, n)) if c == ssrc => n + 1,
+                _ => 1,
+            };
+            self.candidate = Some((ssrc, run));
+            let silent = self
+                .last_packet_at
+                .is_none_or(|t| now.saturating_duration_since(t) >= SSRC_SWITCH_SILENCE);
+            if run < SSRC_SWITCH_PACKETS && !silent {
+                return false;
+            }
+            self.resync();
+        }
+        self.candidate = None;
+        self.ssrc = Some(ssrc);
+        true
     }
 
     fn index(&self, seq: u16) -> usize {
@@ -464,6 +510,11 @@ impl FrameAssembler {
         payload: &[u8],
         arrival: Instant,
     ) -> Result<(), VideoRtpError> {
+        if payload.is_empty() {
+            // Padding-only (bandwidth probing): it holds a sequence number, nothing else.
+            self.stats.padding += 1;
+            return Ok(());
+        }
         if self.cur.is_some_and(|c| c.timestamp != ts) {
             // The frame ended without its marker bit (a new frame starts here only if no packet
             // is missing in between: `prev_ts` says so).

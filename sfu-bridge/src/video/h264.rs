@@ -51,8 +51,10 @@ impl H264Depacketizer {
         *self = Self::default();
     }
 
-    /// Whether `payload` surely starts an access unit: its first NAL unit is an access unit
-    /// delimiter or a sequence parameter set (which precede the slices of their unit).
+    /// Whether `payload` can be taken as the start of an access unit after a loss: its first
+    /// NAL unit is an access unit delimiter (always first in its unit) or a sequence parameter
+    /// set (before every slice of its unit: what may be missing before it is an AUD or SEI,
+    /// nothing a decoder needs).
     pub fn is_frame_start(payload: &[u8]) -> bool {
         let t = match payload {
             [h, rest @ ..] => match h & 0x1F {

@@ -40,7 +40,10 @@ pub mod vp8;
 #[cfg(test)]
 mod tests;
 
-pub use assembler::{AssembledFrame, AssemblerConfig, AssemblerStats, FrameAssembler};
+pub use assembler::{
+    AssembledFrame, AssemblerConfig, AssemblerStats, FrameAssembler, RESYNC_DISTANCE,
+    SSRC_SWITCH_PACKETS, SSRC_SWITCH_SILENCE,
+};
 
 /// Default cap on one frame's bytes being assembled.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;

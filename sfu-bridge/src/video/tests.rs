@@ -317,9 +317,38 @@ fn errors_are_counted_and_bounded() {
     run(&mut a, t0, &pkts);
     let mut other = packetize(VideoPayload::Vp8, &[vp8_frame(true, 10, 2)], 1200, 3);
     other[0].ssrc = 99;
-    let got = run(&mut a, t0, &other);
+    // A stray packet of another SSRC is ignored; once the first is silent, it is followed.
+    assert!(run(&mut a, t0, &other).is_empty());
+    assert_eq!((a.stats().foreign_ssrc, a.stats().resyncs), (1, 0));
+    let got = run(&mut a, t0 + SSRC_SWITCH_SILENCE, &other);
     assert_eq!(got.len(), 1);
     assert_eq!(a.stats().resyncs, 1);
+    // Or after 8 packets in a row, while the first still sends.
+    let frames: Vec<_> = (0..10).map(|i| vp8_frame(true, 10, i)).collect();
+    let mut third = packetize(VideoPayload::Vp8, &frames, 1200, 40);
+    for p in &mut third {
+        p.ssrc = 5;
+    }
+    let got = run(&mut a, t0 + SSRC_SWITCH_SILENCE, &third);
+    assert_eq!(got.len(), 10 - 7);
+    assert_eq!(a.stats().resyncs, 2);
+    // Padding-only packets hold a sequence number and nothing else.
+    let mut a = FrameAssembler::new(VideoPayload::Vp8);
+    let mut pkts = packetize(VideoPayload::Vp8, &frames[..3], 1200, 0);
+    for p in &mut pkts[1..] {
+        p.seq += 1;
+    }
+    let pad = Pkt {
+        seq: 1,
+        ts: pkts[0].ts,
+        marker: false,
+        payload: Vec::new(),
+        ssrc: SSRC,
+    };
+    pkts.insert(1, pad);
+    assert_eq!(run(&mut a, t0, &pkts).len(), 3);
+    let s = a.stats();
+    assert_eq!((s.padding, s.frames_dropped_incomplete, s.lost), (1, 0, 0));
     // Frames not polled: the queue stays bounded.
     let mut a = FrameAssembler::new(VideoPayload::Vp8);
     let frames: Vec<_> = (0..40).map(|i| vp8_frame(true, 10, i)).collect();
@@ -344,16 +373,41 @@ fn obu(ty: u8, body: &[u8]) -> Vec<u8> {
     v
 }
 
-fn nal_strategy() -> impl Strategy<Value = Vec<u8>> {
+fn nal(t: u8, nri: u8, body: &[u8]) -> Vec<u8> {
+    let mut n = vec![(nri << 5) | t];
+    n.extend_from_slice(body);
+    n
+}
+
+fn body() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(1u8..=255, 0..700)
+}
+
+/// One access unit in H.264's order (7.4.1.2.3): an optional AUD, SPS + PPS (always in the
+/// first), SEIs, then slices (IDR or not).
+fn access_unit_strategy() -> impl Strategy<Value = Vec<Vec<u8>>> {
     (
-        prop::sample::select(vec![1u8, 5, 6, 7, 8, 9]),
-        0u8..4,
-        prop::collection::vec(1u8..=255, 0..700),
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(body(), 0..2),
+        prop::collection::vec((any::<bool>(), 0u8..4, body()), 1..4),
     )
-        .prop_map(|(t, nri, body)| {
-            let mut n = vec![(nri << 5) | t];
-            n.extend(body);
-            n
+        .prop_map(|(aud, params, seis, slices)| {
+            let mut au = Vec::new();
+            if aud {
+                au.push(nal(9, 0, &[0x10]));
+            }
+            if params {
+                au.push(nal(7, 3, &[0x42, 0x1F]));
+                au.push(nal(8, 3, &[0xCE]));
+            }
+            au.extend(seis.iter().map(|b| nal(6, 0, b)));
+            au.extend(
+                slices
+                    .iter()
+                    .map(|(idr, nri, b)| nal(if *idr { 5 } else { 1 }, *nri, b)),
+            );
+            au
         })
 }
 
@@ -383,15 +437,15 @@ fn frames_strategy(payload: VideoPayload) -> BoxedStrategy<Vec<Vec<u8>>> {
                 .collect()
         })
         .boxed(),
-        VideoPayload::H264 => {
-            prop::collection::vec(prop::collection::vec(nal_strategy(), 1..6), 1..10)
-                .prop_map(|mut aus| {
-                    aus[0].insert(0, vec![0x67, 0x42, 0x1F]);
-                    aus[0].push(vec![0x65, 0x88, 0x84]);
-                    aus.iter().map(|nals| annex_b(nals)).collect()
-                })
-                .boxed()
-        }
+        VideoPayload::H264 => prop::collection::vec(access_unit_strategy(), 1..10)
+            .prop_map(|mut aus| {
+                if aus[0][0][0] & 0x1F != 9 {
+                    aus[0].insert(0, nal(7, 3, &[0x42, 0x1F]));
+                }
+                aus[0].push(nal(5, 3, &[0x88, 0x84]));
+                aus.iter().map(|nals| annex_b(nals)).collect()
+            })
+            .boxed(),
         VideoPayload::Av1 => {
             prop::collection::vec(prop::collection::vec(obu_strategy(), 1..5), 1..10)
                 .prop_map(|tus| {
@@ -481,6 +535,52 @@ proptest! {
         dups in prop::collection::vec((any::<usize>(), any::<usize>()), 0..6),
     ) {
         round_trip(payload, &frames, mtu, seq0, &swaps, &dups)?;
+    }
+
+    #[test]
+    fn losses_never_hand_on_a_broken_or_undecodable_frame(
+        (payload, frames) in any_payload().prop_flat_map(|p| (Just(p), frames_strategy(p))),
+        mtu in 40usize..600,
+        drops in prop::collection::vec(any::<usize>(), 1..4),
+    ) {
+        let pkts = packetize(payload, &frames, mtu, 1);
+        let drop: Vec<usize> = drops.iter().map(|d| d % pkts.len()).collect();
+        let mut a = FrameAssembler::new(payload);
+        let t0 = Instant::now();
+        let mut got = Vec::new();
+        for (k, p) in pkts.iter().enumerate() {
+            let now = t0 + Duration::from_millis(k as u64);
+            if !drop.contains(&k) {
+                let _ = a.push(now, &p.rtp());
+            }
+            let _ = a.poll_keyframe_request(now);
+            got.extend(std::iter::from_fn(|| a.poll_frame()));
+        }
+        let _ = a.poll_keyframe_request(t0 + Duration::from_secs(10));
+        got.extend(std::iter::from_fn(|| a.poll_frame()));
+        let key = |i: usize| match payload {
+            VideoPayload::Vp8 => frames[i][0] & 1 == 0,
+            VideoPayload::H264 => h264::annex_b_nals(&frames[i]).any(|n| n[0] & 0x1F == 5),
+            VideoPayload::Av1 => i == 0,
+        };
+        let mut prev: Option<usize> = None;
+        for f in &got {
+            let i = ((f.rtp_timestamp - 1000) / 3000) as usize;
+            // Whole: VP8 and AV1 exactly; H.264 possibly without the NAL units before an SPS
+            // that the assembler took as a frame start after a loss (never a slice).
+            let cut = frames[i].len() - f.data.len().min(frames[i].len());
+            prop_assert!(frames[i].ends_with(&f.data), "frame {} handed on whole", i);
+            if cut > 0 {
+                prop_assert_eq!(payload, VideoPayload::H264);
+                prop_assert!(f.data.starts_with(&[0, 0, 0, 1, 0x67]));
+                let slices = |d: &[u8]| h264::annex_b_nals(d).filter(|n| matches!(n[0] & 0x1F, 1 | 5)).count();
+                prop_assert_eq!(slices(&f.data), slices(&frames[i]));
+            }
+            prop_assert_eq!(f.keyframe, key(i));
+            // Decodable: a keyframe, or the frame right after the last one handed on.
+            prop_assert!(key(i) || prev == Some(i.wrapping_sub(1)), "frame {} after {:?}", i, prev);
+            prev = Some(i);
+        }
     }
 
     #[test]

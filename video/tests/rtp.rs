@@ -105,14 +105,14 @@ fn to_rtp(kind: EncoderKind, coded: &[EncodedPacket]) -> Vec<(usize, Vec<u8>)> {
     out
 }
 
+/// Frames handed out (frame index, data), the datagram indices after which a keyframe was
+/// asked for, and the assembler.
+type Assembled = (Vec<(usize, Vec<u8>)>, Vec<usize>, FrameAssembler);
+
 /// Pushes the datagrams (one frame every 33 ms) through an assembler; returns the frames it
 /// hands out (frame index, data) and the indices of the datagrams after which it asked for a
 /// keyframe.
-fn assemble(
-    kind: EncoderKind,
-    datagrams: &[(usize, Vec<u8>)],
-    skip: Option<usize>,
-) -> (Vec<(usize, Vec<u8>)>, Vec<usize>, FrameAssembler) {
+fn assemble(kind: EncoderKind, datagrams: &[(usize, Vec<u8>)], skip: Option<usize>) -> Assembled {
     let mut a = FrameAssembler::new(payload_of(kind));
     let t0 = Instant::now();
     let mut frames = Vec::new();

@@ -20,7 +20,7 @@ cargo test --workspace --doc --locked 2>&1 | tee -a "$log"
 if [ "${CI:-}" = "true" ]; then
   # A skip must never pass in CI: the real-SFU test prints this line only when it really ran.
   for t in speech_goes_through_janus_and_aic speech_survives_loss_between_janus_and_bridge \
-           speech_survives_jitter_between_janus_and_bridge; do
+           speech_survives_jitter_between_janus_and_bridge video_goes_through_janus_and_aic; do
     grep -q "janus: $t ran against a real Janus" "$log" \
       || { echo "the real-Janus test $t did not run (CI=true)" >&2; exit 1; }
   done

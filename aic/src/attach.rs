@@ -67,6 +67,8 @@ pub struct Options {
     /// Stop after this long (None: until a signal).
     pub duration: Option<Duration>,
     pub summary: Option<PathBuf>,
+    /// Also take the publisher's video through AIC (`--video`): see [`crate::video_attach`].
+    pub video: Option<crate::video_attach::VideoOptions>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,13 +287,13 @@ struct JanusSide {
     janus: Arc<Janus>,
     videoroom: u64,
     streaming: u64,
-    forwarder: Option<u64>,
+    forwarders: Vec<u64>,
     mountpoint: Option<u64>,
 }
 
 impl JanusSide {
     fn teardown(&mut self, room: u64, publisher: u64) {
-        if let Some(id) = self.forwarder.take() {
+        for id in std::mem::take(&mut self.forwarders) {
             let r = self.janus.request(
                 self.videoroom,
                 json!({"request": "stop_rtp_forward", "room": room, "publisher_id": publisher, "stream_id": id}),
@@ -316,15 +318,23 @@ fn report(what: &str, r: Result<()>) {
     }
 }
 
-/// The publisher's audio mid: join the room as a passive participant, read the publisher
-/// list (`joined`, then `publishers` events), leave.
-fn find_audio_mid(
+/// The publisher's streams this bridge takes.
+struct PublisherMids {
+    audio: String,
+    /// (mid, codec) of its first video stream, if it has one.
+    video: Option<(String, String)>,
+}
+
+/// The publisher's audio mid (and its video's): join the room as a passive participant, read
+/// the publisher list (`joined`, then `publishers` events), leave.
+fn find_mids(
     j: &Janus,
     handle: u64,
     room: u64,
     publisher: u64,
     wait: Duration,
-) -> Result<String> {
+    want_video: bool,
+) -> Result<PublisherMids> {
     j.send_async(
         handle,
         json!({"request": "join", "ptype": "publisher", "room": room, "display": "aic-bridge"}),
@@ -339,15 +349,30 @@ fn find_audio_mid(
         if let Some(e) = data.get("error") {
             bail!("joining room {room}: {e}");
         }
-        let mid = data["publishers"].as_array().and_then(|ps| {
-            ps.iter()
-                .filter(|p| p["id"].as_u64() == Some(publisher))
-                .flat_map(|p| p["streams"].as_array().cloned().unwrap_or_default())
-                .find(|s| s["type"] == "audio" && s["disabled"] != true)
-                .and_then(|s| s["mid"].as_str().map(str::to_owned))
-        });
-        if let Some(m) = mid {
-            break Some(m);
+        let streams: Vec<Value> = data["publishers"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["id"].as_u64() == Some(publisher))
+                    .flat_map(|p| p["streams"].as_array().cloned().unwrap_or_default())
+                    .filter(|s| s["disabled"] != true)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mid_of = |kind: &str| {
+            streams.iter().find(|s| s["type"] == kind).and_then(|s| {
+                Some((
+                    s["mid"].as_str()?.to_owned(),
+                    s["codec"].as_str()?.to_owned(),
+                ))
+            })
+        };
+        if let Some((audio, _)) = mid_of("audio") {
+            let video = mid_of("video");
+            // Its video may be announced a moment after its audio.
+            if !want_video || video.is_some() || Instant::now() + wait / 2 > until {
+                break Some(PublisherMids { audio, video });
+            }
         }
     };
     let _ = j.send_async(handle, json!({"request": "leave"}));
@@ -363,7 +388,24 @@ fn free_udp_port() -> Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn setup_janus(o: &Options, rtp_in: u16, side: &mut Option<JanusSide>) -> Result<u16> {
+/// The video track's sockets made by [`setup_janus`].
+struct VideoSetup {
+    rtp_in: UdpSocket,
+    rtcp: UdpSocket,
+}
+
+/// What [`setup_janus`] made: the mountpoint's Opus port, and the video track's ports.
+struct Setup {
+    opus_port: u16,
+    video: Option<crate::video_attach::VideoPorts>,
+}
+
+fn setup_janus(
+    o: &Options,
+    rtp_in: u16,
+    video: Option<VideoSetup>,
+    side: &mut Option<JanusSide>,
+) -> Result<Setup> {
     let janus = Arc::new(Janus::connect(&o.url).with_context(|| format!("Janus at {}", o.url))?);
     let videoroom = janus.attach("janus.plugin.videoroom")?;
     let streaming = janus.attach("janus.plugin.streaming")?;
@@ -371,41 +413,111 @@ fn setup_janus(o: &Options, rtp_in: u16, side: &mut Option<JanusSide>) -> Result
         janus: janus.clone(),
         videoroom,
         streaming,
-        forwarder: None,
+        forwarders: Vec::new(),
         mountpoint: None,
     });
-    let mid = match &o.mid {
-        Some(m) => m.clone(),
-        None => find_audio_mid(&janus, videoroom, o.room, o.publisher, o.wait)?,
+    let mids = match (&o.mid, o.video.is_some()) {
+        (Some(m), false) => PublisherMids {
+            audio: m.clone(),
+            video: None,
+        },
+        _ => {
+            let mut found = find_mids(
+                &janus,
+                videoroom,
+                o.room,
+                o.publisher,
+                o.wait,
+                o.video.is_some(),
+            )?;
+            if let Some(m) = &o.mid {
+                found.audio = m.clone();
+            }
+            found
+        }
     };
-    // The mountpoint Janus listens on for our Opus.
+    let mid = mids.audio.clone();
+    let video = match (video, &mids.video, &o.video) {
+        (Some(v), Some((vmid, codec)), Some(vo)) => {
+            let input = match codec.as_str() {
+                "vp8" => aic_video::VideoCodec::Vp8,
+                "h264" => aic_video::VideoCodec::H264,
+                c => bail!("the publisher's video is {c}: AIC takes VP8 or H.264"),
+            };
+            Some((v, vmid.clone(), input, vo))
+        }
+        (Some(_), None, _) => bail!(
+            "--video: publisher {} has no video stream in room {}",
+            o.publisher,
+            o.room
+        ),
+        _ => None,
+    };
+    // The mountpoint Janus listens on for our Opus (and AV1).
     let opus_port = free_udp_port()?;
+    let mut media = vec![
+        json!({"type": "audio", "mid": "a", "label": "aic", "port": opus_port,
+                                "pt": 111, "codec": "opus"}),
+    ];
+    let (vport, vrtcp) = (free_udp_port()?, free_udp_port()?);
+    if let Some((_, _, _, vo)) = &video {
+        media.push(
+            json!({"type": "video", "mid": "v", "label": "aic-video", "port": vport,
+                          "rtcpport": vrtcp, "pt": vo.pt, "codec": vo.encoder.codec().name()}),
+        );
+    }
     janus.request(
         streaming,
         json!({
             "request": "create", "type": "rtp", "id": o.mountpoint,
             "name": format!("aic-{}-{}", o.room, o.publisher),
-            "description": "AIC: the publisher's speech through the AIC codec (Opus, decoded from AIC)",
-            "media": [{"type": "audio", "mid": "a", "label": "aic", "port": opus_port,
-                       "pt": 111, "codec": "opus"}],
+            "description": "AIC: the publisher's speech through the AIC codec (Opus, decoded from AIC), and its video through AIC's encoder",
+            "media": media,
         }),
     )?;
     s.mountpoint = Some(o.mountpoint);
+    let mut streams = vec![json!({"mid": mid, "port": rtp_in})];
+    if let Some((v, vmid, _, _)) = &video {
+        streams.push(json!({"mid": vmid, "port": v.rtp_in.local_addr()?.port(),
+                            "rtcp_port": v.rtcp.local_addr()?.port()}));
+    }
     let r = janus.request(
         videoroom,
         json!({
             "request": "rtp_forward", "room": o.room, "publisher_id": o.publisher,
             "host": "127.0.0.1", "host_family": "ipv4",
-            "streams": [{"mid": mid, "port": rtp_in}],
+            "streams": streams,
         }),
     )?;
-    s.forwarder = r["forwarders"]
-        .as_array()
-        .and_then(|f| f.first())
-        .and_then(|f| f["stream_id"].as_u64());
-    if s.forwarder.is_none() {
-        bail!("rtp_forward: no forwarder in the reply {r}");
+    let forwarders = r["forwarders"].as_array().cloned().unwrap_or_default();
+    s.forwarders = forwarders
+        .iter()
+        .filter_map(|f| f["stream_id"].as_u64())
+        .collect();
+    if s.forwarders.len() != 1 + usize::from(video.is_some()) {
+        bail!("rtp_forward: not every stream got a forwarder in the reply {r}");
     }
+    let video = video.map(|(v, vmid, input, _)| {
+        let forwarder_rtcp = forwarders
+            .iter()
+            .find(|f| f["type"] == "video")
+            .and_then(|f| f["local_rtcp_port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        eprintln!(
+            "aic attach: forwarding video (mid {vmid}, {}) to 127.0.0.1:{}; AV1 into the mountpoint on port {vport}",
+            input.name(),
+            v.rtp_in.local_addr().map(|a| a.port()).unwrap_or(0)
+        );
+        crate::video_attach::VideoPorts {
+            rtp_in: v.rtp_in,
+            rtcp: v.rtcp,
+            forwarder_rtcp,
+            mount_rtp: SocketAddr::from(([127, 0, 0, 1], vport)),
+            mount_rtcp: SocketAddr::from(([127, 0, 0, 1], vrtcp)),
+            input,
+        }
+    });
     eprintln!(
         "aic attach: forwarding room {} publisher {} (mid {mid}) to 127.0.0.1:{rtp_in}; mountpoint {} on port {opus_port}",
         o.room, o.publisher, o.mountpoint
@@ -421,7 +533,7 @@ fn setup_janus(o: &Options, rtp_in: u16, side: &mut Option<JanusSide>) -> Result
                 }
             }
         })?;
-    Ok(opus_port)
+    Ok(Setup { opus_port, video })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,21 +835,48 @@ pub fn run(o: &Options) -> Result<()> {
     let sock = UdpSocket::bind("127.0.0.1:0").context("binding the RTP socket")?;
     let rtp_in = sock.local_addr()?.port();
     let mut side = None;
-    let setup = setup_janus(o, rtp_in, &mut side);
-    let result = setup.and_then(|opus_port| {
-        let dest = SocketAddr::from(([127, 0, 0, 1], opus_port));
+    let video_socks = match &o.video {
+        Some(_) => Some(VideoSetup {
+            rtp_in: UdpSocket::bind("127.0.0.1:0").context("binding the video RTP socket")?,
+            rtcp: UdpSocket::bind("127.0.0.1:0").context("binding the video RTCP socket")?,
+        }),
+        None => None,
+    };
+    let setup = setup_janus(o, rtp_in, video_socks, &mut side);
+    let video_stop = Arc::new(AtomicBool::new(false));
+    let mut video_thread = None;
+    let result = setup.and_then(|setup| {
+        let dest = SocketAddr::from(([127, 0, 0, 1], setup.opus_port));
+        if let (Some(vo), Some(ports)) = (&o.video, setup.video) {
+            let vrtp = ports.rtp_in.local_addr()?.port();
+            video_thread = Some(crate::video_attach::spawn(
+                vo.clone(),
+                ports,
+                video_stop.clone(),
+            )?);
+            eprintln!("aic attach: video track started (rtp in 127.0.0.1:{vrtp})");
+        }
         eprintln!(
             "aic attach: ready (model {}, rtp in 127.0.0.1:{rtp_in})",
             link.model_id()
         );
         media_loop(o, &sock, dest, link.as_mut(), model_tag(o), &stop)
     });
+    video_stop.store(true, Ordering::SeqCst);
+    let video_summary = video_thread.map(|h| match h.join() {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => json!({"error": format!("{e:#}")}),
+        Err(_) => json!({"error": "the video thread panicked"}),
+    });
     if let Some(s) = side.as_mut() {
         s.teardown(o.room, o.publisher);
         eprintln!("aic attach: detached (forward stopped, mountpoint removed)");
     }
     let mut r = result?;
-    let s = summary(o, link.model_id(), &mut r);
+    let mut s = summary(o, link.model_id(), &mut r);
+    if let Some(v) = video_summary {
+        s["video"] = v;
+    }
     eprintln!("aic attach: summary {s}");
     if let Some(p) = &o.summary {
         std::fs::write(p, serde_json::to_string_pretty(&s)?)

@@ -1,8 +1,14 @@
 #!/usr/bin/python3
 """Real WebRTC clients for the Janus integration test (aic/tests/janus.rs), GStreamer webrtcbin.
 
-  publish   ROOM WAV            join ROOM as a publisher and send WAV (looped, paced in real
-                                time) as Opus; prints "PUBLISHER <id>" once Janus answered
+  publish   ROOM WAV [I420 W H FPS KBPS]
+                                join ROOM as a publisher and send WAV (looped, paced in real
+                                time) as Opus, and with the I420 file also its frames (looped,
+                                paced) as VP8 at KBPS; prints "PUBLISHER <id>" once Janus answered
+  subscribe-video MOUNTPOINT OUT SECS
+                                watch a Streaming mountpoint and keep every RTP packet of its
+                                video track (arrival time + bytes, see VideoDump) in OUT for SECS
+                                seconds after the first; prints "VSTATS {json}"
   subscribe MOUNTPOINT OUT SECS [ROOM FEED DIRECT_OUT]
                                 watch a Streaming mountpoint, record what arrives as 16 kHz mono
                                 WAV to OUT for SECS seconds after the first packet; prints
@@ -134,7 +140,32 @@ def call(w, signal, arg, key=None, timeout=10):
     return out.get("v")
 
 
-def publish(room, wav):
+def push_video(src, path, width, height, fps):
+    """Pushes the raw I420 frames of `path` into appsrc `src`, looped, paced in real time:
+    frame n leaves at t0 + n / fps (appsrc stamps it with the running time)."""
+    size = width * height * 3 // 2
+    with open(path, "rb") as f:
+        data = f.read()
+    frames = [data[i : i + size] for i in range(0, len(data) - size + 1, size)]
+    if not frames:
+        sys.exit("no whole %dx%d I420 frame in %s" % (width, height, path))
+    t0 = time.monotonic()
+    n = 0
+    while True:
+        buf = Gst.Buffer.new_wrapped(frames[n % len(frames)])
+        if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+            return
+        n += 1
+        delay = t0 + n / fps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def publish(room, wav, video=None):
+    """`video` = (I420 file, width, height, fps, kbps): also publish that picture as VP8,
+    encoded the way a browser does (libvpx realtime, CBR, no periodic keyframes; a keyframe
+    only when a receiver asks with RTCP PLI/FIR, which webrtcbin turns into a key-unit
+    request to the encoder)."""
     Gst.init(None)
     janus = Janus()
     h = janus.attach("janus.plugin.videoroom")
@@ -149,6 +180,20 @@ def publish(room, wav):
         "identity sync=true ! rtpopuspay pt=111 ! application/x-rtp,media=audio,encoding-name=OPUS,payload=111,"
         "clock-rate=48000 ! queue name=q" % wav
     )
+    if video:
+        _, vw, vh, fps, kbps = video
+        vbin = Gst.parse_bin_from_description(
+            "appsrc name=vsrc is-live=true do-timestamp=true format=time "
+            "caps=video/x-raw,format=I420,width=%d,height=%d,framerate=%d/1 ! queue ! "
+            "vp8enc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate=%d "
+            "keyframe-max-dist=100000 lag-in-frames=0 threads=1 ! "
+            "rtpvp8pay pt=96 mtu=1200 picture-id-mode=15-bit ! "
+            "application/x-rtp,media=video,encoding-name=VP8,payload=96,clock-rate=90000 ! "
+            "queue name=vq" % (vw, vh, fps, kbps * 1000),
+            False,
+        )
+        vbin.add_pad(Gst.GhostPad.new("src", vbin.get_by_name("vq").get_static_pad("src")))
+        pipe.add(vbin)
     w = make_webrtcbin(pipe)
     offered = threading.Event()
 
@@ -165,7 +210,14 @@ def publish(room, wav):
 
     w.connect("on-negotiation-needed", on_negotiation_needed)
     pipe.get_by_name("q").link(w)
+    if video:
+        vbin.link(w)
     pipe.set_state(Gst.State.PLAYING)
+    if video:
+        path, vw, vh, fps, _ = video
+        threading.Thread(
+            target=push_video, args=(vbin.get_by_name("vsrc"), path, vw, vh, fps), daemon=True
+        ).start()
     if not offered.wait(15):
         sys.exit("webrtcbin made no offer")
     wait_gathered(w)
@@ -269,6 +321,81 @@ class Receiver:
             json.dump({"seq": [s for s, _ in self.arrivals], "t": [t for _, t in self.arrivals]}, f)
 
 
+class VideoDump:
+    """One subscription to a mountpoint whose video is not decoded here: every RTP packet of
+    the video track is kept with its arrival time (time.monotonic()) and written to `out` as
+    records of [f64 arrival][u16 length][packet], big-endian; the audio track is dropped. On
+    its first video packet it asks for a keyframe, as a decoder that starts without one does
+    (webrtcbin sends RTCP PLI)."""
+
+    def __init__(self, pipe, janus, handle, out):
+        self.pipe, self.janus, self.handle, self.out = pipe, janus, handle, out
+        self.packets = []
+        self.first = None
+        self.asked = False
+        self.caps = None
+        self.w = make_webrtcbin(pipe, "mountpoint")
+        self.w.connect("pad-added", self.on_pad)
+
+    def on_rtp(self, pad, info):
+        now = time.monotonic()
+        buf = info.get_buffer()
+        ok, m = buf.map(Gst.MapFlags.READ)
+        if ok:
+            self.packets.append((now, bytes(m.data)))
+            buf.unmap(m)
+            if self.first is None:
+                self.first = now
+        if not self.asked:
+            self.asked = True
+            s = Gst.Structure.new_empty("GstForceKeyUnit")
+            s.set_value("all-headers", True)
+            pad.push_event(Gst.Event.new_custom(Gst.EventType.CUSTOM_UPSTREAM, s))
+        return Gst.PadProbeReturn.OK
+
+    def on_pad(self, _w, pad):
+        if pad.get_direction() != Gst.PadDirection.SRC:
+            return
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        media = caps.get_structure(0).get_string("media") if caps and caps.get_size() else None
+        sink = Gst.ElementFactory.make("fakesink")
+        sink.set_property("sync", False)
+        self.pipe.add(sink)
+        sink.sync_state_with_parent()
+        if media == "video":
+            self.caps = caps.to_string()
+            pad.add_probe(Gst.PadProbeType.BUFFER, self.on_rtp)
+        pad.link(sink.get_static_pad("sink"))
+
+    negotiate = Receiver.negotiate
+
+    def write(self):
+        import struct
+
+        with open(self.out, "wb") as f:
+            for t, p in self.packets:
+                f.write(struct.pack(">dH", t, len(p)))
+                f.write(p)
+
+
+def subscribe_video(mountpoint, out, secs):
+    Gst.init(None)
+    janus = Janus()
+    pipe = Gst.Pipeline.new("sub")
+    r = VideoDump(pipe, janus, janus.attach("janus.plugin.streaming"), out)
+    pipe.set_state(Gst.State.PLAYING)
+    r.negotiate({"request": "watch", "id": mountpoint})
+    log("subscriber: video started")
+    end = time.time() + secs + 20
+    while time.time() < end:
+        if r.first and time.monotonic() - r.first >= secs:
+            break
+        time.sleep(0.1)
+    pipe.set_state(Gst.State.NULL)
+    r.write()
+    print("VSTATS %s" % json.dumps({"packets": len(r.packets), "caps": r.caps}), flush=True)
+
+
 def subscribe(mountpoint, out, secs, direct=None):
     """`direct` = (room, feed, out2): also subscribe, in the same pipeline and before the
     mountpoint, to the publisher `feed` straight from the VideoRoom, recorded to out2."""
@@ -313,8 +440,13 @@ def subscribe(mountpoint, out, secs, direct=None):
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "publish":
+    if sys.argv[1] == "publish" and len(sys.argv) == 4:
         publish(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "publish" and len(sys.argv) == 9:
+        v = (sys.argv[4], int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]))
+        publish(int(sys.argv[2]), sys.argv[3], v)
+    elif sys.argv[1] == "subscribe-video" and len(sys.argv) == 5:
+        subscribe_video(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
     elif sys.argv[1] == "subscribe" and len(sys.argv) == 5:
         subscribe(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
     elif sys.argv[1] == "subscribe" and len(sys.argv) == 8:
@@ -322,6 +454,7 @@ if __name__ == "__main__":
         subscribe(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]), direct)
     else:
         sys.exit(
-            "usage: webrtc_client.py publish ROOM WAV | subscribe MOUNTPOINT OUT SECS "
-            "[ROOM FEED DIRECT_OUT]"
+            "usage: webrtc_client.py publish ROOM WAV [I420 WIDTH HEIGHT FPS KBPS] | "
+            "subscribe MOUNTPOINT OUT SECS [ROOM FEED DIRECT_OUT] | "
+            "subscribe-video MOUNTPOINT OUT SECS"
         )

@@ -4,8 +4,9 @@
 //! Packets are taken in sequence-number order. The next expected packet goes straight into the
 //! depacketizer; a later one waits in a ring of [`AssemblerConfig::window`] slots. A gap is
 //! declared lost when it has waited [`AssemblerConfig::reorder_timeout`] since a later packet
-//! came, or when a packet arrives too far ahead for the ring; a jump of more than
-//! [`RESYNC_DISTANCE`] (either way) or a new SSRC starts over.
+//! came, or when a packet arrives too far ahead for the ring. A jump of more than
+//! [`RESYNC_DISTANCE`] (either way) is a stray packet, unless the next packet follows it: then,
+//! as with a new SSRC, everything starts over.
 //!
 //! Frame boundaries: a frame is the run of packets with one RTP timestamp, ended by the marker
 //! bit (or by the next timestamp). After a loss the assembler does not know where the next
@@ -25,8 +26,8 @@ use super::{DEFAULT_MAX_FRAME_BYTES, Depacketizer, ErrorKind, MAX_PACKET_PAYLOAD
 use super::{VideoPayload, VideoRtpError};
 use crate::rtp::RtpPacket;
 
-/// A sequence-number jump (forwards or backwards) beyond which the stream is taken to have
-/// restarted.
+/// A sequence-number jump (forwards or backwards) beyond which a packet is stray, or, when
+/// the next packet follows it, the stream is taken to have restarted.
 pub const RESYNC_DISTANCE: u16 = 1000;
 
 /// Packets in a row from another SSRC that make the assembler follow it.
@@ -112,8 +113,11 @@ pub struct AssemblerStats {
     pub errors_malformed: u64,
     pub errors_unsupported: u64,
     pub errors_too_large: u64,
-    /// Restarts: a new SSRC, or a sequence-number jump beyond [`RESYNC_DISTANCE`].
+    /// Restarts: a new SSRC, or a sequence-number jump beyond [`RESYNC_DISTANCE`] confirmed by
+    /// the next packet.
     pub resyncs: u64,
+    /// Packets beyond [`RESYNC_DISTANCE`] from the stream's sequence numbers, ignored.
+    pub stray: u64,
     /// Packets of another SSRC than the one followed, ignored.
     pub foreign_ssrc: u64,
     /// Packets without payload (padding-only), skipped.
@@ -159,6 +163,8 @@ pub struct FrameAssembler {
     candidate: Option<(u32, u32)>,
     /// The next sequence number to take; `None` before the first packet.
     next_seq: Option<u16>,
+    /// After a stray packet: the sequence number that would confirm a restart.
+    bad_seq: Option<u16>,
     /// Bit i: sequence number `next_seq - 1 - i` was received (for duplicates vs late).
     history: u64,
     ring: Vec<Slot>,
@@ -208,6 +214,7 @@ impl FrameAssembler {
             last_packet_at: None,
             candidate: None,
             next_seq: None,
+            bad_seq: None,
             history: 0,
             ring,
             buffered: 0,
@@ -266,23 +273,26 @@ impl FrameAssembler {
         let seq = pkt.sequence;
         let next = *self.next_seq.get_or_insert(seq);
         let ahead = seq.wrapping_sub(next);
-        if ahead >= 0x8000 {
-            let back = next.wrapping_sub(seq);
-            if back > RESYNC_DISTANCE {
-                self.resync();
-                self.next_seq = Some(seq);
-            } else {
-                if back <= 64 && (self.history >> (back - 1)) & 1 == 1 {
-                    self.stats.duplicates += 1;
-                } else {
-                    self.stats.late += 1;
-                }
+        let back = next.wrapping_sub(seq);
+        if ahead > RESYNC_DISTANCE && back > RESYNC_DISTANCE {
+            // Far from the stream: a restart if the next packet follows this one (RFC 3550
+            // A.1's probation), else a stray packet.
+            if self.bad_seq != Some(seq) {
+                self.bad_seq = Some(seq.wrapping_add(1));
+                self.stats.stray += 1;
                 return first(err);
             }
-        } else if ahead > RESYNC_DISTANCE {
             self.resync();
             self.next_seq = Some(seq);
+        } else if ahead >= 0x8000 {
+            if back <= 64 && (self.history >> (back - 1)) & 1 == 1 {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.late += 1;
+            }
+            return first(err);
         }
+        self.bad_seq = None;
         // Make room: a packet too far ahead pushes the head-of-line gaps out.
         while seq.wrapping_sub(self.next_seq.unwrap_or(seq)) >= self.cfg.window {
             self.skip_gap(seq, &mut err);

@@ -332,6 +332,17 @@ fn errors_are_counted_and_bounded() {
     let got = run(&mut a, t0 + SSRC_SWITCH_SILENCE, &third);
     assert_eq!(got.len(), 10 - 7);
     assert_eq!(a.stats().resyncs, 2);
+    // A packet far off the stream's numbers is stray; two in a row restart it.
+    let mut a = FrameAssembler::new(VideoPayload::Vp8);
+    let pkts = packetize(VideoPayload::Vp8, &frames[..4], 1200, 100);
+    run(&mut a, t0, &pkts[..2]);
+    let far = packetize(VideoPayload::Vp8, &frames[..2], 1200, 30_000);
+    run(&mut a, t0, &far[..1]);
+    assert_eq!((a.stats().stray, a.stats().resyncs), (1, 0));
+    assert_eq!(run(&mut a, t0, &pkts[2..]).len(), 2, "the stream goes on");
+    let far = packetize(VideoPayload::Vp8, &frames[..3], 1200, 40_000);
+    assert_eq!(run(&mut a, t0, &far).len(), 2, "restarted at the second");
+    assert_eq!((a.stats().stray, a.stats().resyncs), (2, 1));
     // Padding-only packets hold a sequence number and nothing else.
     let mut a = FrameAssembler::new(VideoPayload::Vp8);
     let mut pkts = packetize(VideoPayload::Vp8, &frames[..3], 1200, 0);

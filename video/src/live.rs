@@ -214,6 +214,9 @@ pub struct LiveConfig {
     pub detect_every: u64,
     /// See [`HintGate`].
     pub ai_deadline: Duration,
+    /// The detector runs once every stream has posted its due frame, or this long after the
+    /// first one did (the streams' phases spread their due frames over a frame period).
+    pub batch_wait: Duration,
     /// See [`Overload`].
     pub max_waiting: usize,
     pub drop_age: Duration,
@@ -223,7 +226,8 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    /// Defaults: AI deadline 2 frame periods, detection every 5th frame, drop a frame with 2
+    /// Defaults: detection every 5th frame, batched over at most one frame period, AI deadline
+    /// 3 frame periods, drop a frame with 2
     /// newer ones waiting (or older than 50 ms with one waiting), forward a stream that drops
     /// more than half its frames over 2 s.
     pub fn new(streams: usize, output: EncoderKind, fps: u32, bitrate_bps: u32) -> Self {
@@ -238,7 +242,8 @@ impl LiveConfig {
             duration: Duration::from_secs(10),
             workers: 0,
             detect_every: 5,
-            ai_deadline: Duration::from_micros(2_000_000 / u64::from(fps)),
+            ai_deadline: Duration::from_micros(3_000_000 / u64::from(fps)),
+            batch_wait: Duration::from_micros(1_000_000 / u64::from(fps)),
             max_waiting: 2,
             drop_age: Duration::from_millis(50),
             forward_share: 0.5,
@@ -392,6 +397,8 @@ struct Request {
 #[derive(Default)]
 struct MailboxState {
     requests: Vec<Request>,
+    /// When the oldest request in `requests` was posted.
+    first: Option<Instant>,
     stop: bool,
     superseded: u64,
 }
@@ -412,6 +419,7 @@ impl Mailbox {
         } else {
             s.requests.push(r);
         }
+        s.first.get_or_insert_with(Instant::now);
         self.cv.notify_one();
     }
 
@@ -420,12 +428,26 @@ impl Mailbox {
         self.cv.notify_all();
     }
 
-    /// Blocks for the next batch; `None` once stopped and empty.
-    fn take(&self) -> Option<Vec<Request>> {
+    /// Blocks for the next batch: once `expected` streams have posted, or `window` after the
+    /// first post (the streams' due frames arrive spread over a frame period), or at stop;
+    /// `None` once stopped and empty.
+    fn take(&self, expected: usize, window: Duration) -> Option<Vec<Request>> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if !s.requests.is_empty() {
-                return Some(std::mem::take(&mut s.requests));
+                let until = s.first.map(|f| f + window);
+                let now = Instant::now();
+                if s.stop || s.requests.len() >= expected || until.is_none_or(|u| now >= u) {
+                    s.first = None;
+                    return Some(std::mem::take(&mut s.requests));
+                }
+                let wait = until.map_or(window, |u| u - now);
+                s = self
+                    .cv
+                    .wait_timeout(s, wait)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
             }
             if s.stop {
                 return None;
@@ -439,9 +461,10 @@ fn detector_loop(
     mut det: Box<dyn Detect>,
     mailbox: Arc<Mailbox>,
     workers: Vec<mpsc::Sender<Msg>>,
+    (expected, window): (usize, Duration),
 ) -> DetectorReport {
     let mut rep = DetectorReport::default();
-    while let Some(batch) = mailbox.take() {
+    while let Some(batch) = mailbox.take(expected, window) {
         let views: Vec<FrameView<'_>> = batch
             .iter()
             .map(|r| {
@@ -778,13 +801,14 @@ pub fn run(
         })
         .collect();
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..nw).map(|_| mpsc::channel::<Msg>()).unzip();
+    let batching = (cfg.streams, cfg.batch_wait);
     let det_thread = match (detector, &mailbox) {
         (Some(d), Some(mb)) => {
             let (mb, txs) = (mb.clone(), txs.clone());
             Some(
                 std::thread::Builder::new()
                     .name("aic-video-detect".into())
-                    .spawn(move || detector_loop(d, mb, txs))?,
+                    .spawn(move || detector_loop(d, mb, txs, batching))?,
             )
         }
         _ => None,

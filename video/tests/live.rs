@@ -117,6 +117,9 @@ fn streams_come_out_with_hints_from_one_batched_detector() {
     // Every stream's due frames (every 3rd of 30) reached the detector, some in one batch.
     assert_eq!(det.frames + det.superseded, 2 * 30 / cfg.detect_every);
     assert!(det.runs <= det.frames);
+    // Both streams' due frames went through one run (the detector waits up to a frame period
+    // for the other stream's due frame).
+    assert_eq!(det.batch.max(), 2, "{:?}", det.batch.distribution());
     for s in &rep.streams {
         assert_eq!(s.hints_late, 0, "{}", brief(s));
         assert!(s.hints_fresh >= 27, "{}", brief(s));

@@ -14,6 +14,7 @@ mod opens;
 mod plot;
 mod soak;
 mod transcode;
+mod video_attach;
 mod video_cli;
 mod video_load;
 
@@ -147,6 +148,22 @@ struct AttachJanusArgs {
     /// Also write the summary (JSON) here.
     #[arg(long)]
     summary: Option<PathBuf>,
+    /// Also take the publisher's video (VP8 or H.264) through AIC: decoded, re-encoded (AV1 by
+    /// default) and sent as the mountpoint's video track; keyframes asked by RTCP PLI both ways.
+    #[arg(long)]
+    video: bool,
+    /// The receivers' video encoder: av1 (libaom realtime), av1-svt, vp9, vp8, x264.
+    #[arg(long, default_value = "av1")]
+    video_encoder: String,
+    /// The receivers' video bitrate, kbit/s.
+    #[arg(long, default_value_t = 500)]
+    video_kbps: u32,
+    /// Payload type of the video track in the mountpoint.
+    #[arg(long, default_value_t = 100)]
+    video_pt: u8,
+    /// The publisher's frame rate (the encoder's time base).
+    #[arg(long, default_value_t = 30)]
+    video_fps: u32,
 }
 
 #[derive(clap::Args)]
@@ -462,6 +479,27 @@ fn run(cli: Cli) -> Result<()> {
                     .duration
                     .map(|d| std::time::Duration::from_secs_f64(d.clamp(0.0, 86_400.0))),
                 summary: a.summary,
+                video: if a.video {
+                    let encoder = aic_video::EncoderKind::from_name(&a.video_encoder)
+                        .with_context(|| format!("--video-encoder {}", a.video_encoder))?;
+                    if !(30..=20_000).contains(&a.video_kbps)
+                        || !(96..=127).contains(&a.video_pt)
+                        || !(1..=120).contains(&a.video_fps)
+                    {
+                        bail!(
+                            "--video-kbps must be in 30..=20000, --video-pt in 96..=127, \
+                             --video-fps in 1..=120"
+                        );
+                    }
+                    Some(video_attach::VideoOptions {
+                        encoder,
+                        kbps: a.video_kbps,
+                        pt: a.video_pt,
+                        fps: a.video_fps,
+                    })
+                } else {
+                    None
+                },
             })?;
         }
         Cmd::Admin(args) => admin::run(args)?,

@@ -16,7 +16,7 @@ APT_PACKAGES=(
   ffmpeg espeak-ng sox               # corpus preparation and fixture generation
   codec2                             # the codec2 3200/2400 baseline rows of `aic bench` (c2enc/c2dec)
   # the real-SFU test (aic/tests/janus.rs): Janus, GStreamer webrtcbin clients, namespaces
-  janus iproute2 util-linux python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  janus janus-tools iproute2 util-linux python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
   gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-nice
   nftables                           # loss injection Janus → bridge in the real-SFU test

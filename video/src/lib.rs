@@ -30,6 +30,7 @@ pub mod frame;
 pub mod live;
 pub mod metrics;
 pub mod prefilter;
+pub mod rate;
 pub mod resize;
 pub mod roi;
 mod side_data;

@@ -27,7 +27,10 @@
 //! log-features keeps the fit a small linear least-squares problem that needs no library, and
 //! its inverse is closed-form (`bpp = exp((Q − a) / b)`), which the controller calls per frame.
 //! The quality is PSNR-Y (computed in Rust in the same pass as the encode): `docs/video.md`
-//! has why not VMAF, the data, and the leave-one-clip-out errors.
+//! has why not VMAF, the data, and the leave-one-source-out errors. On that data (three real
+//! sources) the content features did not generalise to a held-out source, so the committed
+//! AV1 model uses the picture size only (`ln_pixels`); the controller and the file format take
+//! any of [`FEATURE_NAMES`] once data supports them.
 //!
 //! ## Plugging it into the engine
 //! The [`Transcoder`](crate::engine::Transcoder) passes [`FrameHints`](crate::FrameHints) to

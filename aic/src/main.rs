@@ -300,7 +300,11 @@ enum BenchSub {
         /// --video: libaom's realtime speed (`cpu-used`, 0..=10; default 8).
         #[arg(long)]
         av1_speed: Option<u8>,
-        /// --video: hints from the face detector (`face`, needs ONNX Runtime) or none.
+        /// --video: threads per encoder (2: libaom spreads one large picture over two cores).
+        #[arg(long, default_value_t = 1)]
+        encoder_threads: u32,
+        /// --video: hints from the face detector (`face`, needs ONNX Runtime; `detect`: the
+        /// detector runs but no map goes to the encoders) or none.
         #[arg(long, value_enum, default_value_t = video_load::Roi::Face)]
         roi: video_load::Roi,
         /// --video: the clip every stream loops (default `$AIC_VIDEO_DIR` or
@@ -615,6 +619,7 @@ fn run(cli: Cli) -> Result<()> {
                     codec,
                     kbps,
                     av1_speed,
+                    encoder_threads,
                     roi,
                     clip,
                     detect_every,
@@ -646,6 +651,7 @@ fn run(cli: Cli) -> Result<()> {
                 codec,
                 kbps,
                 av1_speed,
+                encoder_threads: encoder_threads.clamp(1, 16),
                 roi,
                 workers: workers.unwrap_or(0).min(64),
                 clip,

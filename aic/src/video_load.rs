@@ -27,8 +27,12 @@ pub const E2E_P99_MS: f64 = 50.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Roi {
-    /// The face detector (MTCNN, batched across streams) every `--detect-every` frames.
+    /// The face detector (MTCNN, batched across streams) every `--detect-every` frames; its
+    /// maps go to the encoders (AV1: the pre-filter).
     Face,
+    /// The detector and the hint timing as `face`, but no map goes to the encoders: what the
+    /// AI costs without AV1's pre-filter.
+    Detect,
     /// No detector: no hints.
     None,
 }
@@ -45,6 +49,7 @@ pub struct Options {
     /// The receivers' target, kbit/s (default: what the browser sends for this size).
     pub kbps: Option<u32>,
     pub av1_speed: Option<u8>,
+    pub encoder_threads: u32,
     pub roi: Roi,
     /// 0 = one worker thread per stream.
     pub workers: usize,
@@ -114,6 +119,7 @@ pub struct Run {
     pub fps: u32,
     pub codec: String,
     pub av1_speed: Option<u8>,
+    pub encoder_threads: u32,
     pub roi: Roi,
     pub seconds: f64,
     pub frames_in: u64,
@@ -251,6 +257,8 @@ fn media(opts: &Options) -> Result<(Vec<Yuv420Frame>, String)> {
 fn run_once(opts: &Options, n: usize, packets: &Arc<Vec<Vec<u8>>>, kbps_out: u32) -> Result<Run> {
     let mut cfg = LiveConfig::new(n, opts.codec, opts.fps, kbps_out * 1000);
     cfg.av1_speed = opts.av1_speed;
+    cfg.encoder_threads = opts.encoder_threads;
+    cfg.apply_maps = opts.roi == Roi::Face;
     cfg.duration = opts.duration;
     cfg.workers = opts.workers;
     cfg.detect_every = opts.detect_every;
@@ -259,7 +267,7 @@ fn run_once(opts: &Options, n: usize, packets: &Arc<Vec<Vec<u8>>>, kbps_out: u32
     }
     let detector: Option<Box<dyn live::Detect>> = match opts.roi {
         Roi::None => None,
-        Roi::Face => {
+        Roi::Face | Roi::Detect => {
             let dir = Detector::default_dir();
             let d = Detector::open(&dir, DetectorConfig::default()).with_context(|| {
                 format!(
@@ -344,6 +352,7 @@ fn summarise(
         fps: opts.fps,
         codec: opts.codec.name().to_string(),
         av1_speed: opts.av1_speed,
+        encoder_threads: opts.encoder_threads,
         roi: opts.roi,
         seconds: secs,
         frames_in,
@@ -427,12 +436,14 @@ pub fn table(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>3} {:>3} {:>9} {:>5} {:>5} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6} {:>9} {:>5} {:>5} {:>5} {:>5}  result",
+        "{:>3} {:>3} {:>9} {:>5} {:>3} {:>3} {:>6} {:>6} {:>6} {:>5} {:>5} {:>6} {:>6} {:>6} {:>6} {:>6} {:>6} {:>5} {:>6} {:>6} {:>9} {:>5} {:>5} {:>5} {:>5}  result",
         "n",
         "wrk",
         "size",
         "codec",
         "spd",
+        "thr",
+        "roi",
         "fpsIn",
         "fpsOut",
         "drop",
@@ -465,12 +476,14 @@ pub fn table(r: &Report) -> String {
                 });
         let _ = writeln!(
             s,
-            "{:>3} {:>3} {:>9} {:>5} {:>5} {:>6.2} {:>6.2} {:>5} {:>5} {:>6.0} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>5} {:>6} {:>6} {:>9} {:>5} {:>5.0} {:>5.0} {:>5.0}  {}",
+            "{:>3} {:>3} {:>9} {:>5} {:>3} {:>3} {:>6} {:>6.2} {:>6.2} {:>5} {:>5} {:>6.0} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>5} {:>6} {:>6} {:>9} {:>5} {:>5.0} {:>5.0} {:>5.0}  {}",
             x.streams,
             x.workers,
             format!("{}x{}", x.width, x.height),
             x.codec,
             x.av1_speed.map_or("-".to_string(), |v| v.to_string()),
+            x.encoder_threads,
+            format!("{:?}", x.roi).to_lowercase(),
             x.fps_in,
             x.fps_out_min,
             x.frames_dropped,

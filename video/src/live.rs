@@ -203,6 +203,14 @@ pub struct LiveConfig {
     pub output: EncoderKind,
     /// libaom realtime speed ([`EncoderConfig::av1_speed`]).
     pub av1_speed: Option<u8>,
+    /// Threads per encoder ([`EncoderConfig::threads`]; 1 for many streams, 2 lets libaom's
+    /// row multithreading spread one large picture over two cores).
+    pub encoder_threads: u32,
+    /// Hand the detector's quality maps to the encoders. `false` runs the detector and the
+    /// gate (the cost and the timing of the AI) but encodes without maps: for AV1 a map means
+    /// the pre-filter, which costs encoder time and does not pay on real content
+    /// (`docs/video.md`).
+    pub apply_maps: bool,
     pub fps: u32,
     /// The receivers' encoder's target, bit/s.
     pub bitrate_bps: u32,
@@ -237,6 +245,8 @@ impl LiveConfig {
             input: VideoCodec::Vp8,
             output,
             av1_speed: None,
+            encoder_threads: 1,
+            apply_maps: true,
             fps,
             bitrate_bps,
             duration: Duration::from_secs(10),
@@ -702,6 +712,8 @@ impl Worker {
                         let boxes = self.tracker.boxes(id, frame);
                         if !boxes.is_empty() {
                             s.rep.frames_with_faces += 1;
+                        }
+                        if !boxes.is_empty() && self.cfg.apply_maps {
                             map = Some(quality_map_with(
                                 &boxes,
                                 f.width,
@@ -752,6 +764,7 @@ fn encode(
     if !encoder.as_ref().is_some_and(fits) {
         let mut ec = EncoderConfig::new(cfg.output, f.width, f.height, cfg.fps, cfg.bitrate_bps);
         ec.av1_speed = cfg.av1_speed;
+        ec.threads = cfg.encoder_threads;
         *encoder = Some(VideoEncoder::new(ec)?);
     }
     encoder
@@ -777,6 +790,7 @@ pub fn run(
     // Check the encoder settings once, before any thread starts.
     let mut probe = EncoderConfig::new(cfg.output, 16, 16, cfg.fps, cfg.bitrate_bps);
     probe.av1_speed = cfg.av1_speed;
+    probe.threads = cfg.encoder_threads;
     VideoEncoder::new(probe)?;
     let nw = if cfg.workers == 0 {
         cfg.streams

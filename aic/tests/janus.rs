@@ -1526,6 +1526,15 @@ fn inside_namespace_video() {
     let sub_err = lines("subscriber", sub.stderr.take().unwrap());
     procs.0.push(("subscriber".into(), sub));
     wait_line(&sub_err, "video started", Duration::from_secs(30));
+    // Janus also records the mountpoint's AV1 (its own depacketizer, `janus-pp-rec`, reads it
+    // back below: an independent check of AIC's AV1 RTP).
+    let mjr = t.join("aic-av1");
+    let r = janus_request(
+        "janus.plugin.streaming",
+        serde_json::json!({"request": "recording", "action": "start", "id": MOUNTPOINT,
+                           "media": [{"mid": "v", "filename": mjr.to_str().unwrap()}]}),
+    );
+    assert_eq!(r["streaming"], "ok", "recording the mountpoint: {r}");
     // Clean for 3 s, 5 % loss on the Janus → AIC video for 2 s, clean again.
     std::thread::sleep(Duration::from_secs(3));
     let loss_start = monotonic_s();
@@ -1541,6 +1550,12 @@ fn inside_namespace_video() {
     let vstats: serde_json::Value =
         serde_json::from_str(vstats.trim_start_matches("VSTATS ")).unwrap();
 
+    let r = janus_request(
+        "janus.plugin.streaming",
+        serde_json::json!({"request": "recording", "action": "stop", "id": MOUNTPOINT,
+                           "media": [{"mid": "v"}]}),
+    );
+    assert_eq!(r["streaming"], "ok", "stopping the recording: {r}");
     sh("kill", &["-TERM", &attach_pid.to_string()]);
     let (_, attach) = procs.0.iter_mut().find(|(n, _)| n == "aic attach").unwrap();
     let end = Instant::now() + Duration::from_secs(15);
@@ -1698,6 +1713,33 @@ fn inside_namespace_video() {
             eprintln!("video quality: VMAF not computed ({vm}); PSNR only");
         }
     }
+    // Janus' own AV1 depacketizer (janus-pp-rec, Debian's janus-tools) reads the mountpoint's
+    // recording of what AIC sent: it must find AV1 and the 640x360 of the sequence header
+    // inside the OBUs it reassembles. (Its MP4 writer, its one AV1 target in 1.1.2, leaves
+    // a file without a moov atom here, so the pictures are compared on the subscriber's copy.)
+    let pp = Command::new("janus-pp-rec")
+        .arg("-e")
+        .arg(mjr.with_extension("mjr"))
+        .output()
+        .expect("run janus-pp-rec (janus-tools, installed by scripts/setup.sh)");
+    let report = String::from_utf8_lossy(&pp.stdout);
+    eprintln!("janus-pp-rec: {}", report.trim());
+    let rep: serde_json::Value = serde_json::from_str(report.trim())
+        .unwrap_or_else(|e| panic!("janus-pp-rec -e: {e}: {report}"));
+    assert_eq!(rep["c"], "av1", "Janus recorded no AV1: {rep}");
+    let res = &rep["extended"]["codec"]["resolution"][0];
+    assert_eq!(
+        (res["width"].as_u64(), res["height"].as_u64()),
+        (Some(u64::from(VW)), Some(u64::from(VH))),
+        "Janus' AV1 depacketizer found no {VW}x{VH} sequence header in AIC's RTP: {rep}"
+    );
+    let recorded = rep["extended"]["packets"].as_u64().unwrap_or(0);
+    let got = vstats["packets"].as_u64().unwrap_or(0);
+    assert!(
+        recorded as f64 >= 0.8 * got as f64,
+        "Janus recorded {recorded} AV1 packets, the subscriber got {got}"
+    );
+
     let kin = v["bitrate_kbps"]["publisher"].as_f64().unwrap();
     let kout = v["bitrate_kbps"]["out"].as_f64().unwrap();
     eprintln!(

@@ -128,6 +128,65 @@ fn damage_asks_for_a_keyframe_and_the_stream_goes_on() {
     assert_eq!(decode(VideoCodec::Av1, &out).len() as u64, s.frames_encoded);
 }
 
+/// A publisher that switches codec mid-stream (VP8 → H.264 packets into a VP8 stream): each
+/// foreign packet is a counted decode error with a keyframe request, nothing panics, and the
+/// stream carries on as soon as VP8 comes back with a keyframe.
+#[test]
+fn a_codec_switched_mid_stream_is_counted_and_asks_for_a_keyframe() {
+    let clip = common::qcif(1.0);
+    let half = clip.frames.len() / 2;
+    let vp8 = publish_vp8(&clip.frames[..half]);
+    let vp8_again = publish_vp8(&clip.frames[half..]);
+    let mut x264 = VideoEncoder::new(EncoderConfig::new(
+        EncoderKind::X264,
+        clip.frames[0].width,
+        clip.frames[0].height,
+        30,
+        300_000,
+    ))
+    .unwrap();
+    let mut h264 = Vec::new();
+    for f in &clip.frames[..10] {
+        x264.encode(f, &FrameHints::default(), &mut h264).unwrap();
+    }
+    x264.flush(&mut h264).unwrap();
+    assert!(!h264.is_empty());
+    let mut t = Transcoder::new(config(EncoderKind::Av1)).unwrap();
+    let mut out = Vec::new();
+    for p in &vp8 {
+        assert!(
+            !t.push(&p.data, &FrameHints::default(), &mut out)
+                .request_keyframe
+        );
+    }
+    let before = t.stats();
+    let mut requests = 0;
+    for p in &h264 {
+        let step = t.push(&p.data, &FrameHints::default(), &mut out);
+        assert!(!step.forward, "a foreign packet is not an encoder failure");
+        requests += usize::from(step.request_keyframe);
+    }
+    let during = t.stats();
+    assert!(
+        requests >= 1 && during.decode_errors > before.decode_errors,
+        "H.264 inside a VP8 stream went unnoticed: {during:?}"
+    );
+    assert_eq!(during.keyframe_requests, during.decode_errors);
+    // VP8 again, starting with its keyframe: the picture moves on.
+    for p in &vp8_again {
+        t.push(&p.data, &FrameHints::default(), &mut out);
+    }
+    let after = t.stats();
+    assert!(
+        after.frames_encoded >= during.frames_encoded + vp8_again.len() as u64 - 1,
+        "the stream did not resume after the switch back: {after:?}"
+    );
+    assert_eq!(
+        decode(VideoCodec::Av1, &out).len() as u64,
+        after.frames_encoded
+    );
+}
+
 #[test]
 fn a_new_picture_size_reopens_the_encoder_and_stale_maps_are_dropped() {
     let small = common::qcif(0.5);

@@ -318,6 +318,9 @@ enum BenchSub {
         /// frames it covers go without hints, ms (default: three frame periods).
         #[arg(long)]
         ai_deadline_ms: Option<u64>,
+        /// --video: the detector thread's nice value (encoders preempt it; 0 = same priority).
+        #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+        detector_nice: i32,
     },
 }
 
@@ -624,6 +627,7 @@ fn run(cli: Cli) -> Result<()> {
                     clip,
                     detect_every,
                     ai_deadline_ms,
+                    detector_nice,
                     ..
                 }),
             ..
@@ -657,6 +661,7 @@ fn run(cli: Cli) -> Result<()> {
                 clip,
                 detect_every,
                 ai_deadline: ai_deadline_ms.map(std::time::Duration::from_millis),
+                detector_nice: detector_nice.clamp(-20, 19),
             };
             let rep = video_load::run(&opts)?;
             print!("{}", video_load::table(&rep));

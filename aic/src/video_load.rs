@@ -56,6 +56,7 @@ pub struct Options {
     pub clip: Option<PathBuf>,
     pub detect_every: u64,
     pub ai_deadline: Option<Duration>,
+    pub detector_nice: i32,
 }
 
 /// `360p`, `720p`, `1080p`, or `WxH` (even sides).
@@ -262,6 +263,7 @@ fn run_once(opts: &Options, n: usize, packets: &Arc<Vec<Vec<u8>>>, kbps_out: u32
     cfg.duration = opts.duration;
     cfg.workers = opts.workers;
     cfg.detect_every = opts.detect_every;
+    cfg.detector_nice = opts.detector_nice;
     if let Some(d) = opts.ai_deadline {
         cfg.ai_deadline = d;
     }

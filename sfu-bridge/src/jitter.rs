@@ -17,6 +17,10 @@
 //! that packet came later than the target (peak hold: stalls too rare for the quantile, such as
 //! a loaded machine's scheduling, still raise it); it decays towards the wanted delay by at most
 //! 10 ms per second of playout. It starts at [`JitterConfig::delay`], before anything is measured.
+//! While frames are being lost (one in the last [`LOSS_HOLD`] of playout) the lower bound is
+//! [`JitterConfig::loss_delay`] (25 ms: a frame + the margin), so that the packet after a lost one
+//! is in hand at its slot and its in-band FEC rebuilds the loss; on a clean quiet link the bound
+//! is `min_delay` (10 ms), at which a lost frame's successor always comes too late.
 //!
 //! # Playout by RTP timestamp
 //! Slots are a 20 ms grid on the receiver's clock. With [`JitterConfig::slew`] (the default,
@@ -117,7 +121,17 @@ pub struct JitterConfig {
     /// (a grid move of ≤ 1 ms per 20 ms is network jitter to that receiver, not a glitch).
     /// Zero: a fixed grid (a sound card's clock), corrected by whole frames only.
     pub slew: Duration,
+    /// While frames are being lost (one lost in the last [`LOSS_HOLD`] of playout), the target
+    /// is at least this: by default one frame + the 5 ms margin, so that at a lost frame's slot
+    /// the packet after it is already here and its in-band FEC (Opus LBRR) rebuilds the lost
+    /// frame instead of PLC guessing it. On a clean quiet link the floor stays `min_delay`
+    /// (10 ms); the first loss is concealed, the ones after it get FEC — 15 ms more delay
+    /// bought for far better audio under loss. Zero turns it off.
+    pub loss_delay: Duration,
 }
+
+/// How long (of playout) after the last lost frame [`JitterConfig::loss_delay`] holds.
+pub const LOSS_HOLD: Duration = Duration::from_secs(10);
 
 impl Default for JitterConfig {
     fn default() -> Self {
@@ -131,6 +145,7 @@ impl Default for JitterConfig {
             max_delay: Duration::from_millis(300),
             capacity: 32,
             slew: Duration::from_millis(1),
+            loss_delay: Duration::from_millis(25),
         }
     }
 }
@@ -233,6 +248,10 @@ struct Estimator {
     target_us: i64,
     min_us: i64,
     max_us: i64,
+    /// [`JitterConfig::loss_delay`] within the bounds, µs.
+    loss_us: i64,
+    /// Playout left (µs) in which the loss floor holds.
+    loss_hold_us: i64,
 }
 
 fn micros(d: Duration) -> i64 {
@@ -273,7 +292,27 @@ impl Estimator {
             target_us,
             min_us,
             max_us,
+            loss_us: micros(cfg.loss_delay).clamp(min_us, max_us),
+            loss_hold_us: 0,
         }
+    }
+
+    /// The target's lower bound now: `min_delay`, raised to the loss floor while losses are
+    /// recent.
+    fn floor_us(&self) -> i64 {
+        if self.loss_hold_us > 0 {
+            self.min_us.max(self.loss_us)
+        } else {
+            self.min_us
+        }
+    }
+
+    /// A frame was lost: the loss floor holds for the next [`LOSS_HOLD`] of playout, and the
+    /// target rises to it at once (the slot grid then slews there).
+    fn on_loss(&mut self) {
+        self.loss_hold_us = micros(LOSS_HOLD);
+        self.want_us = self.want_us.max(self.floor_us());
+        self.target_us = self.target_us.max(self.want_us);
     }
 
     /// Starts a new timeline (first packet, or a resync): the histogram is kept.
@@ -344,19 +383,25 @@ impl Estimator {
             }
         }
         self.measured_us = q as i64 * BUCKET_US;
-        self.want_us = (self.measured_us + self.margin_us).clamp(self.min_us, self.max_us);
+        self.want_us = (self.measured_us + self.margin_us).clamp(self.floor_us(), self.max_us);
         self.target_us = self.target_us.max(self.want_us);
         // Peak hold: a packet later than the target (it missed, or would have missed, its
         // slot) raises the target to cover it at once, even when such packets are too rare
         // for the quantile (a loaded machine's scheduling stalls); the decay brings it down.
         if r > self.target_us {
-            self.target_us = (r + self.margin_us).clamp(self.min_us, self.max_us);
+            self.target_us = (r + self.margin_us).clamp(self.floor_us(), self.max_us);
             self.peaks += 1;
         }
     }
 
     /// One slot of playout passed: the target decays towards the wanted delay.
     fn decay(&mut self, frame_us: i64) {
+        if self.loss_hold_us > 0 {
+            self.loss_hold_us -= frame_us;
+            if self.loss_hold_us <= 0 {
+                self.want_us = (self.measured_us + self.margin_us).clamp(self.min_us, self.max_us);
+            }
+        }
         let step = (DECAY_US_PER_S * frame_us / 1_000_000).max(1);
         if self.target_us > self.want_us {
             self.target_us = (self.target_us - step).max(self.want_us);
@@ -625,7 +670,10 @@ impl JitterBuffer {
         self.stats.target = Duration::from_micros(self.est.target_us as u64);
         match p {
             Playout::Silence => self.stats.silence += 1,
-            Playout::Lost(_) => self.stats.lost += 1,
+            Playout::Lost(_) => {
+                self.stats.lost += 1;
+                self.est.on_loss();
+            }
             Playout::Frame(_) => self.stats.played += 1,
             Playout::Conceal | Playout::Dropped(_) => {}
         }
@@ -721,6 +769,7 @@ impl JitterBuffer {
                 if e < self.play_ts.saturating_sub(half) {
                     // Its time passed while the buffer was empty and concealing.
                     self.stats.lost += 1;
+                    self.est.on_loss();
                     self.next += 1;
                     continue;
                 }
@@ -1254,6 +1303,62 @@ mod tests {
         );
     }
 
+    /// Isolated losses on a quiet link (the target at its 10 ms floor): the first loss raises
+    /// the target to `loss_delay` (25 ms), so from then on each lost frame's successor is here
+    /// at its slot and the loss is reported as `Lost` (the caller rebuilds it from that packet's
+    /// FEC) instead of surfacing as an underflow; ten seconds after the last loss the target
+    /// is back at the floor. Without the floor the same stream gives no usable `Lost` at all.
+    #[test]
+    fn losses_raise_the_target_so_the_next_packet_carries_fec_in_time() {
+        let run = |loss_delay: Duration| {
+            let mut rng = Rng(21);
+            let all = stream(1_500, &mut rng, 20_000.0, 20_000, 2_000);
+            // One lost frame a second from 2 s to 14 s, then none.
+            let removed: std::collections::HashSet<u64> = (2..15).map(|s| s * 50 + 7).collect();
+            let pkts: Vec<Pkt> = all
+                .into_iter()
+                .filter(|p| !removed.contains(&p.k))
+                .collect();
+            let cfg = JitterConfig {
+                loss_delay,
+                ..JitterConfig::default()
+            };
+            let (j, evs) = simulate(cfg, pkts, 29_990_000, |s| s % 3 == 0);
+            let reported = evs
+                .iter()
+                .filter(|e| matches!(e.p, Playout::Lost(_)))
+                .count();
+            let target_at = |t_us: u64| {
+                evs.iter()
+                    .filter(|e| e.at_us <= t_us)
+                    .last()
+                    .map(|e| e.target)
+                    .unwrap()
+            };
+            (j.stats, reported, target_at(8_000_000), j.target())
+        };
+        let (s, reported, t_during, t_end) = run(Duration::from_millis(25));
+        eprintln!("{s:?} reported {reported} {t_during:?} {t_end:?}");
+        assert_eq!(s.lost, 13, "{s:?}");
+        assert!(
+            reported >= 12,
+            "only {reported} of 13 losses reported with the packet after them"
+        );
+        assert!(t_during >= 25 * MS, "{t_during:?}");
+        assert_eq!(
+            t_end,
+            10 * MS,
+            "the floor did not release 10 s after the last loss"
+        );
+        assert_eq!(s.late, 0);
+        let (s0, reported0, ..) = run(Duration::ZERO);
+        eprintln!("without the floor: {s0:?} reported {reported0}");
+        assert!(
+            reported0 <= 2,
+            "{reported0} losses reported in time without the floor: the test does not test it"
+        );
+    }
+
     #[test]
     fn burst_losses_are_each_reported_once_then_playout_recovers() {
         let mut rng = Rng(9);
@@ -1269,7 +1374,12 @@ mod tests {
             .copied()
             .filter(|p| !removed.contains(&p.k))
             .collect();
-        let (j, evs) = simulate(JitterConfig::default(), pkts, 39_990_000, |s| s % 3 == 0);
+        // The loss floor off: this is about the grid and the reports, at a constant target.
+        let cfg = JitterConfig {
+            loss_delay: Duration::ZERO,
+            ..JitterConfig::default()
+        };
+        let (j, evs) = simulate(cfg, pkts, 39_990_000, |s| s % 3 == 0);
         let s = j.stats;
         eprintln!("{s:?}");
         let lost: Vec<u64> = evs

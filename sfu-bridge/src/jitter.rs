@@ -1330,8 +1330,8 @@ mod tests {
                 .count();
             let target_at = |t_us: u64| {
                 evs.iter()
-                    .filter(|e| e.at_us <= t_us)
-                    .last()
+                    .rev()
+                    .find(|e| e.at_us <= t_us)
                     .map(|e| e.target)
                     .unwrap()
             };

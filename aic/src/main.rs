@@ -67,6 +67,10 @@ enum Cmd {
         /// Target bitrate for bitrate-driven codecs, e.g. 12k or 12000.
         #[arg(long)]
         bitrate: Option<String>,
+        /// Container version: 1 (a 2-byte length per frame) or 2 (CRC-checked 1 s pages, about
+        /// 0.5 byte of framing per frame; docs/bitstream.md §3.2). `aic decode` reads both.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+        container: u8,
     },
     /// Decode a .aic file to WAV; everything needed comes from the file's header.
     Decode {
@@ -533,6 +537,7 @@ fn run(cli: Cli) -> Result<()> {
             codec,
             level,
             bitrate,
+            container: version,
         } => {
             let point = match (level, bitrate) {
                 (Some(l), _) => Some(aic_codec::OperatingPoint::Level(l)),
@@ -543,7 +548,15 @@ fn run(cli: Cli) -> Result<()> {
             let (pcm, sr) = audio::read_wav(&input)?;
             let pcm = resample(&pcm, sr, d.sample_rate)?;
             let e = transcode::encode(&reg, &codec, point, &pcm)?;
-            let bytes = transcode::to_container(&e)?;
+            let bytes = if version == container::VERSION_2 {
+                let mut w = container::ArchiveWriter::new(Vec::new(), &e.header)?;
+                for (i, p) in e.packets.iter().enumerate() {
+                    w.push(i as u64, Some(p))?;
+                }
+                w.finish()?
+            } else {
+                transcode::to_container(&e)?
+            };
             std::fs::write(&output, &bytes)
                 .with_context(|| format!("cannot write {}", output.display()))?;
             eprintln!(

@@ -19,11 +19,15 @@
 
 use std::io::Read;
 
+pub use super::archive::ArchiveWriter;
+use super::archive::{PageCursor, PageErr, parse_page};
 use crate::codec::{CodecInfo, Decoder, OperatingPoint};
 use crate::error::CodecError;
 
 pub const MAGIC: &[u8; 4] = b"AICF";
 pub const VERSION: u8 = 1;
+/// The paged archive framing (see [`super::archive`]): same header, then CRC-checked pages.
+pub const VERSION_2: u8 = 2;
 /// Bounds for untrusted files: nothing larger is ever allocated or believed.
 pub const MAX_HEADER_BYTES: usize = 512;
 pub const MAX_PACKET_BYTES: usize = 4000;
@@ -45,14 +49,14 @@ const MAX_DELAY_SAMPLES: u32 = 48_000;
 /// (`aic encode` stores every frame); the run exists for recorders that log network loss.
 pub const MAX_LOST_RUN: u32 = 50;
 
-const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
+pub(crate) const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContainerError {
     #[error("not an .aic file (bad magic)")]
     Magic,
-    #[error("unsupported .aic container version {0} (this build reads version 1)")]
+    #[error("unsupported .aic container version {0} (this build reads versions 1 and 2)")]
     Version(u8),
     #[error("file ends inside the header")]
     TruncatedHeader,
@@ -74,6 +78,16 @@ pub enum ContainerError {
         "{excess} packet(s) past the {expected} that the header's total_samples needs (not decoded); the file holds more than its header announces"
     )]
     ExcessPackets { expected: u64, excess: u64 },
+    /// Version 2: a page that is not well formed (sync, frame count, order, bounds).
+    #[error("bad page at frame {index}: {why}")]
+    Page { index: u64, why: String },
+    /// Version 2: a page whose CRC-32 does not match (damaged bytes).
+    #[error("page at frame {index}: checksum mismatch (damaged)")]
+    PageChecksum { index: u64 },
+    /// Version 2: the file ends inside a page (a torn last page: the writer was stopped while
+    /// writing it). Every complete page before it has been delivered.
+    #[error("file ends inside the page at frame {index} (torn last page)")]
+    TruncatedPage { index: u64 },
     /// The underlying reader failed (only from [`PacketReader`]).
     #[error("read error: {0}")]
     Io(String),
@@ -165,8 +179,16 @@ impl Header {
             .max(1)
     }
 
-    /// Appends the encoded header to `out`.
+    /// Appends the encoded header to `out` (container version 1).
     pub fn write(&self, out: &mut Vec<u8>) -> Result<(), ContainerError> {
+        self.write_version(VERSION, out)
+    }
+
+    /// Appends the encoded header for container `version` (1 or 2) to `out`.
+    pub fn write_version(&self, version: u8, out: &mut Vec<u8>) -> Result<(), ContainerError> {
+        if !(VERSION..=VERSION_2).contains(&version) {
+            return Err(ContainerError::Version(version));
+        }
         self.validate()?;
         let i = &self.info;
         let mut h = Vec::with_capacity(64);
@@ -183,7 +205,7 @@ impl Header {
         h.extend_from_slice(&self.total_samples.to_le_bytes());
         let start = out.len();
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(version);
         out.extend_from_slice(&(h.len() as u16).to_le_bytes());
         out.extend_from_slice(&h);
         let crc = CRC32.checksum(&out[start..]);
@@ -191,8 +213,13 @@ impl Header {
         Ok(())
     }
 
-    /// Parses the header; returns it and the number of bytes it took.
+    /// Parses the header (either container version); returns it and the number of bytes it took.
     pub fn read(bytes: &[u8]) -> Result<(Self, usize), ContainerError> {
+        Self::read_versioned(bytes).map(|(h, _, n)| (h, n))
+    }
+
+    /// [`Header::read`], also returning the container version (1 or 2).
+    pub fn read_versioned(bytes: &[u8]) -> Result<(Self, u8, usize), ContainerError> {
         if bytes.len() < 4 {
             return Err(if MAGIC.starts_with(bytes) {
                 ContainerError::TruncatedHeader
@@ -205,7 +232,7 @@ impl Header {
         }
         let mut r = Reader { b: bytes, pos: 4 };
         let version = r.u8()?;
-        if version != VERSION {
+        if !(VERSION..=VERSION_2).contains(&version) {
             return Err(ContainerError::Version(version));
         }
         let hlen = usize::from(r.u16()?);
@@ -252,20 +279,25 @@ impl Header {
             total_samples,
         };
         h.validate()?;
-        Ok((h, body_end + 4))
+        Ok((h, version, body_end + 4))
     }
 
     /// Reads the header from a stream, consuming exactly its bytes (at most
     /// `7 + MAX_HEADER_BYTES + 4`) and leaving the reader at the first packet. Verdicts are
     /// those of [`Header::read`] on the same bytes.
     pub fn read_from<R: Read>(r: &mut R) -> Result<Self, ContainerError> {
+        Self::read_versioned_from(r).map(|(h, _)| h)
+    }
+
+    /// [`Header::read_from`], also returning the container version.
+    pub fn read_versioned_from<R: Read>(r: &mut R) -> Result<(Self, u8), ContainerError> {
         let mut buf = [0u8; 7 + MAX_HEADER_BYTES + 4];
         let n = read_up_to(r, &mut buf[..7])?;
-        if n == 7 && &buf[..4] == MAGIC && buf[4] == VERSION {
+        if n == 7 && &buf[..4] == MAGIC && (VERSION..=VERSION_2).contains(&buf[4]) {
             let hlen = usize::from(u16::from_le_bytes([buf[5], buf[6]]));
             if hlen <= MAX_HEADER_BYTES {
                 let got = read_up_to(r, &mut buf[7..7 + hlen + 4])?;
-                return Header::read(&buf[..7 + got]).map(|(h, _)| h);
+                return Header::read_versioned(&buf[..7 + got]).map(|(h, v, _)| (h, v));
             }
         }
         // Bad magic, version or length, or a short stream: `read` gives the verdict.
@@ -355,10 +387,10 @@ pub fn write_packet(packet: Option<&[u8]>, out: &mut Vec<u8>) -> Result<(), Cont
 
 /// Counts consecutive lost packets; the reader's bound on them ([`MAX_LOST_RUN`]).
 #[derive(Debug, Default, Clone, Copy)]
-struct LostRun(u32);
+pub(crate) struct LostRun(u32);
 
 impl LostRun {
-    fn check(&mut self, index: u64, lost: bool) -> Result<(), ContainerError> {
+    pub(crate) fn check(&mut self, index: u64, lost: bool) -> Result<(), ContainerError> {
         if !lost {
             self.0 = 0;
             return Ok(());
@@ -374,6 +406,10 @@ impl LostRun {
 /// Iterates over the packets after the header. Yields `Ok(None)` for a lost frame and stops
 /// after the first error (everything before it has been delivered). More than
 /// [`MAX_LOST_RUN`] lost packets in a row is an error ([`ContainerError::TooManyLost`]).
+///
+/// Version 2 files (pages, [`super::archive`]) yield the same items: a page is verified whole
+/// before its first frame is yielded, a gap in the frame indices yields lost frames, and a torn,
+/// damaged or malformed page is an error after every frame of the pages before it.
 #[derive(Debug)]
 pub struct Packets<'a> {
     b: &'a [u8],
@@ -381,9 +417,13 @@ pub struct Packets<'a> {
     index: u64,
     lost: LostRun,
     failed: bool,
+    /// Version 2: the page being delivered (offsets relative to `page_at`).
+    pages: Option<PageCursor>,
+    page_at: usize,
 }
 
 impl<'a> Packets<'a> {
+    /// The packets of a version-1 file (`after_header`: the bytes after its header).
     pub fn new(after_header: &'a [u8]) -> Self {
         Self {
             b: after_header,
@@ -391,6 +431,51 @@ impl<'a> Packets<'a> {
             index: 0,
             lost: LostRun::default(),
             failed: false,
+            pages: None,
+            page_at: 0,
+        }
+    }
+
+    /// The packets of a file of container `version` (1 or 2).
+    pub fn with_version(after_header: &'a [u8], version: u8) -> Self {
+        let mut p = Self::new(after_header);
+        if version == VERSION_2 {
+            p.pages = Some(PageCursor::default());
+        }
+        p
+    }
+
+    fn next_paged(&mut self) -> Option<Result<Option<&'a [u8]>, ContainerError>> {
+        loop {
+            let cur = self.pages.as_mut()?;
+            if let Some((at, len)) = cur.take() {
+                let index = self.index;
+                self.index += 1;
+                if let Err(e) = self.lost.check(index, len == 0) {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+                let b: &'a [u8] = self.b;
+                let at = self.page_at + at;
+                return Some(Ok((len > 0).then(|| &b[at..at + len])));
+            }
+            if self.pos == self.b.len() {
+                return None;
+            }
+            match parse_page(&self.b[self.pos..], self.index) {
+                Ok(page) => {
+                    self.page_at = self.pos;
+                    self.pos += page.len;
+                    cur.load(page, self.index);
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(match e {
+                        PageErr::Need(_) => ContainerError::TruncatedPage { index: self.index },
+                        PageErr::Bad(e) => e,
+                    }));
+                }
+            }
         }
     }
 }
@@ -399,7 +484,13 @@ impl<'a> Iterator for Packets<'a> {
     type Item = Result<Option<&'a [u8]>, ContainerError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed || self.pos == self.b.len() {
+        if self.failed {
+            return None;
+        }
+        if self.pages.is_some() {
+            return self.next_paged();
+        }
+        if self.pos == self.b.len() {
             return None;
         }
         let index = self.index;
@@ -432,42 +523,73 @@ impl<'a> Iterator for Packets<'a> {
     }
 }
 
-/// Parses a whole file: header plus the packet iterator.
+/// Parses a whole file (either container version): header plus the packet iterator.
 pub fn read(bytes: &[u8]) -> Result<(Header, Packets<'_>), ContainerError> {
-    let (h, n) = Header::read(bytes)?;
-    Ok((h, Packets::new(&bytes[n..])))
+    let (h, version, n) = Header::read_versioned(bytes)?;
+    Ok((h, Packets::with_version(&bytes[n..], version)))
 }
 
 /// Reads a `.aic` file from a stream: the header on [`PacketReader::new`], then one packet per
 /// [`PacketReader::next_packet`], into one reused buffer (never more than
 /// [`MAX_PACKET_BYTES`]). Same rules and errors as [`Packets`], plus [`ContainerError::Io`].
 /// Give it a buffered reader (`BufReader<File>`): it reads 2 bytes, then one packet, at a time.
+///
+/// Version 2 files are read one page at a time into the same buffer (at most
+/// [`MAX_PAGE_BYTES`](super::archive::MAX_PAGE_BYTES) of frames plus a bounded page header), and
+/// a page's frames are delivered only once its CRC has been checked.
 #[derive(Debug)]
 pub struct PacketReader<R> {
     r: R,
     header: Header,
+    version: u8,
     buf: Vec<u8>,
     index: u64,
     lost: LostRun,
     done: bool,
+    pages: PageCursor,
 }
 
 impl<R: Read> PacketReader<R> {
     /// Reads and checks the header; the reader is then at the first packet.
     pub fn new(mut r: R) -> Result<Self, ContainerError> {
-        let header = Header::read_from(&mut r)?;
+        let (header, version) = Header::read_versioned_from(&mut r)?;
         Ok(Self {
             r,
             header,
+            version,
             buf: Vec::new(),
             index: 0,
             lost: LostRun::default(),
             done: false,
+            pages: PageCursor::default(),
         })
     }
 
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The file's container version (1 or 2).
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// Whether the file is a live (version 2, `total_samples = 0`) recording whose length is
+    /// not known: it is read to its last whole page.
+    pub fn is_live(&self) -> bool {
+        self.version == VERSION_2 && self.header.total_samples == 0
+    }
+
+    /// The most packets [`decode`] decodes: [`Header::packets_needed`], or for a live file
+    /// the packets of 24 h ([`MAX_DURATION_SECS`]) plus the codec delay.
+    pub fn packets_expected(&self) -> u64 {
+        if self.is_live() {
+            let mut h = self.header.clone();
+            h.total_samples = MAX_DURATION_SECS * u64::from(h.info.sample_rate);
+            h.packets_needed()
+        } else {
+            self.header.packets_needed()
+        }
     }
 
     /// Packets delivered so far (lost ones included).
@@ -481,10 +603,15 @@ impl<R: Read> PacketReader<R> {
         if self.done {
             return None;
         }
-        match self.read_packet() {
-            Ok(Some(len)) => {
+        let r = if self.version == VERSION_2 {
+            self.read_paged()
+        } else {
+            self.read_packet().map(|p| p.map(|len| (0, len)))
+        };
+        match r {
+            Ok(Some((at, len))) => {
                 self.index += 1;
-                Some(Ok((len > 0).then_some(&self.buf[..len])))
+                Some(Ok((len > 0).then_some(&self.buf[at..at + len])))
             }
             Ok(None) => {
                 self.done = true;
@@ -494,6 +621,38 @@ impl<R: Read> PacketReader<R> {
                 self.done = true;
                 Some(Err(e))
             }
+        }
+    }
+
+    /// Version 2: the next frame as `(offset, len)` in `buf`, reading (and checking) the next
+    /// page into `buf` when the current one is used up; `Ok(None)` at a clean end of stream
+    /// (between pages).
+    fn read_paged(&mut self) -> Result<Option<(usize, usize)>, ContainerError> {
+        let index = self.index;
+        loop {
+            if let Some((at, len)) = self.pages.take() {
+                self.lost.check(index, len == 0)?;
+                return Ok(Some((at, len)));
+            }
+            self.buf.clear();
+            let page = loop {
+                match parse_page(&self.buf, index) {
+                    Ok(page) => break page,
+                    Err(PageErr::Bad(e)) => return Err(e),
+                    Err(PageErr::Need(n)) => {
+                        let have = self.buf.len();
+                        self.buf.resize(n, 0);
+                        let got = read_up_to(&mut self.r, &mut self.buf[have..])?;
+                        if got < n - have {
+                            if have + got == 0 {
+                                return Ok(None);
+                            }
+                            return Err(ContainerError::TruncatedPage { index });
+                        }
+                    }
+                }
+            };
+            self.pages.load(page, index);
         }
     }
 
@@ -532,6 +691,9 @@ pub struct DecodeReport {
     pub excess_packets: u64,
     /// Lenient mode: the container error reading stopped at. Everything before it was decoded;
     /// when `decoded_packets == expected_packets` the damage lies past the end and cost nothing.
+    /// Also set in strict mode for a live file (version 2, `total_samples = 0`) whose last page
+    /// is torn ([`ContainerError::TruncatedPage`]): that is how a recorder that was killed
+    /// leaves its file, and everything up to its last flushed page is decoded.
     pub stopped_by: Option<ContainerError>,
 }
 
@@ -539,7 +701,8 @@ pub struct DecodeReport {
 /// codec delay and trims to `total_samples`, so `out` lines up with the encoder's input sample
 /// for sample. The work and the output are bounded by the header, not by the file:
 ///
-/// * At most [`Header::packets_needed`] packets are decoded, so `out` never exceeds
+/// * At most [`Header::packets_needed`] packets are decoded (for a live version-2 file, whose
+///   `total_samples` is 0, the packets of 24 h: [`PacketReader::packets_expected`]), so `out` never exceeds
 ///   `total_samples` (≤ 24 h) and the decoder runs at most that many times (twice that when
 ///   lenient and it refuses packets). Packets past that point are read and counted (I/O only,
 ///   one reused buffer) but never decoded. The encoder never writes them, so they mean a file
@@ -552,6 +715,9 @@ pub struct DecodeReport {
 /// * A packet the decoder refuses fails strict mode ([`CodecError::AtFrame`]); lenient mode
 ///   reports it to `on_concealed` and conceals the frame instead.
 ///
+/// A live file's torn last page ends it like a clean end (reported in
+/// [`DecodeReport::stopped_by`]); its output is everything decoded, minus the codec delay.
+///
 /// A stream that simply ends early is not an error here: `out` is then shorter than
 /// `total_samples`, and the caller decides (`aic decode` fails unless `--lenient`).
 /// This crate does not touch the clock: to time the decoder, wrap it.
@@ -562,9 +728,14 @@ pub fn decode<R: Read, D: Decoder + ?Sized>(
     out: &mut Vec<f32>,
     mut on_concealed: impl FnMut(u64, &CodecError),
 ) -> Result<DecodeReport, CodecError> {
-    let expected = packets.header().packets_needed();
+    let expected = packets.packets_expected();
+    let live = packets.is_live();
     let delay = packets.header().info.delay_samples;
-    let total = usize::try_from(packets.header().total_samples).unwrap_or(usize::MAX);
+    let total = if live {
+        usize::MAX
+    } else {
+        usize::try_from(packets.header().total_samples).unwrap_or(usize::MAX)
+    };
     let mut rep = DecodeReport {
         expected_packets: expected,
         ..DecodeReport::default()
@@ -575,7 +746,9 @@ pub fn decode<R: Read, D: Decoder + ?Sized>(
         let p = match packets.next_packet() {
             None => break,
             Some(Ok(p)) => p,
-            Some(Err(e)) if lenient => {
+            Some(Err(e))
+                if lenient || (live && matches!(e, ContainerError::TruncatedPage { .. })) =>
+            {
                 rep.stopped_by = Some(e);
                 break;
             }
@@ -684,8 +857,8 @@ mod tests {
         assert_eq!(read(b"RIFF....").unwrap_err(), ContainerError::Magic);
         assert_eq!(read(b"AIC").unwrap_err(), ContainerError::TruncatedHeader);
         let mut v = file();
-        v[4] = 2;
-        assert_eq!(read(&v).unwrap_err(), ContainerError::Version(2));
+        v[4] = 3;
+        assert_eq!(read(&v).unwrap_err(), ContainerError::Version(3));
     }
 
     #[test]

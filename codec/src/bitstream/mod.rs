@@ -7,6 +7,7 @@
 //! Every parser here takes untrusted bytes: it returns a typed error, never panics, and never
 //! allocates more than the bounded sizes its header allows. Each has a fuzz target in `fuzz/`.
 
+pub mod archive;
 pub mod container;
 pub mod frame;
 pub mod range;

@@ -658,3 +658,52 @@ fn bench_loss_scores_concealment_on_the_same_lost_frames() {
         assert!(table.contains("no Python venv"), "{table}");
     }
 }
+
+/// `aic encode --container 2` writes the paged framing (docs/bitstream.md §3.2): smaller than
+/// version 1, and `aic decode` gives the same samples from both.
+#[test]
+fn container_2_is_smaller_and_decodes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture("en_espeak.wav");
+    let mut sizes = Vec::new();
+    let mut pcm = Vec::new();
+    for v in ["1", "2"] {
+        let coded = dir.path().join(format!("v{v}.aic"));
+        let out = dir.path().join(format!("v{v}.wav"));
+        let o = aic(&[
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            coded.to_str().unwrap(),
+            "--codec",
+            "opus",
+            "--bitrate",
+            "12k",
+            "--container",
+            v,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let bytes = std::fs::read(&coded).unwrap();
+        assert_eq!(bytes[4].to_string(), v, "container version byte");
+        sizes.push(bytes.len());
+        let o = aic(&[
+            "decode",
+            coded.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        pcm.push(read_wav(&out));
+    }
+    assert_eq!(pcm[0], pcm[1]);
+    assert!(sizes[1] < sizes[0], "{sizes:?}");
+    let o = aic(&[
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        dir.path().join("v3.aic").to_str().unwrap(),
+        "--container",
+        "3",
+    ]);
+    assert!(!o.status.success());
+}

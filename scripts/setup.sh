@@ -86,6 +86,13 @@ if [ "${AIC_SETUP_NO_VMAF:-0}" != 1 ] && ! .venv/bin/python -c "import vmaf_torc
   log "installing the optional VMAF evaluator (vmaf-torch, with torch)"
   .venv/bin/python -m pip install -q vmaf-torch || log "vmaf-torch could not be installed: aic video bench will say VMAF is absent"
 fi
+# facenet-pytorch's MTCNN weights: models/tests check the committed face-detector graphs against
+# the PyTorch nets with them (torch comes with vmaf-torch; --no-deps: only its data is needed).
+if .venv/bin/python -c "import torch" 2>/dev/null \
+   && ! .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('facenet_pytorch') is None)" 2>/dev/null; then
+  log "installing facenet-pytorch 2.6.0 (the face detector's reference weights, no dependencies)"
+  .venv/bin/python -m pip install -q --no-deps facenet-pytorch==2.6.0 || log "facenet-pytorch could not be installed"
+fi
 
 lib=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* 2>/dev/null | sort | tail -n1)
 [ -n "$lib" ] || { log "libonnxruntime.so missing from .venv"; exit 1; }

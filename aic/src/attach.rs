@@ -575,7 +575,7 @@ fn cpu_seconds(stat_path: &str) -> Option<f64> {
 }
 
 /// p50/p95/p99/max in ms and the count, from a histogram of µs.
-fn quantiles(h: &Histogram<u64>) -> Value {
+pub(crate) fn quantiles(h: &Histogram<u64>) -> Value {
     if h.is_empty() {
         return Value::Null;
     }

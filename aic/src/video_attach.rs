@@ -259,15 +259,6 @@ pub fn run(o: &VideoOptions, p: &VideoPorts, stop: &AtomicBool) -> Result<Value>
     let secs = t0.elapsed().as_secs_f64().max(1e-3);
     let a = assembler.stats();
     let t = transcoder.stats();
-    let q = |h: &Histogram<u64>| {
-        if h.is_empty() {
-            Value::Null
-        } else {
-            let f = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
-            json!({"p50_ms": f(0.5), "p95_ms": f(0.95), "p99_ms": f(0.99),
-                   "max_ms": h.max() as f64 / 1000.0, "n": h.len()})
-        }
-    };
     Ok(json!({
         "input": p.input.name(), "encoder": o.encoder.name(), "target_kbps": o.kbps,
         "seconds": secs,
@@ -289,8 +280,8 @@ pub fn run(o: &VideoOptions, p: &VideoPorts, stop: &AtomicBool) -> Result<Value>
         "rtp_out": {"packets": c.rtp_out, "rtcp_in": c.rtcp_in},
         "bitrate_kbps": {"publisher": c.rtp_in_bytes as f64 * 8.0 / secs / 1000.0,
                          "out": c.out_bytes as f64 * 8.0 / secs / 1000.0},
-        "latency_frame_in_to_rtp_out": q(&latency_us),
-        "transcode_per_frame": q(&encode_us),
+        "latency_frame_in_to_rtp_out": crate::attach::quantiles(&latency_us),
+        "transcode_per_frame": crate::attach::quantiles(&encode_us),
         "encoder_failed": c.encode_failed,
     }))
 }

@@ -312,13 +312,9 @@ fn pearson(a: &[f32], b: &[f32]) -> f32 {
     sab / (saa * sbb).sqrt().max(1e-9)
 }
 
-fn inside_namespace(test: &str, impair: Impair) {
-    if let Impair::Video = impair {
-        return inside_namespace_video();
-    }
-    let record_s = record_s();
-    let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path();
+/// Inside the test's namespace: loopback up, a veth with 127.0.0.2 (for ICE), and Janus
+/// (VideoRoom, Streaming, HTTP) configured in `t` and answering; the returned `Procs` owns it.
+fn start_janus(t: &Path) -> Procs {
     sh("ip", &["link", "set", "lo", "up"]);
     sh(
         "ip",
@@ -349,6 +345,17 @@ fn inside_namespace(test: &str, impair: Impair) {
         ureq::get("http://127.0.0.1:8088/janus/info").call().is_ok()
     });
     assert!(up, "Janus did not answer on 127.0.0.1:8088");
+    procs
+}
+
+fn inside_namespace(test: &str, impair: Impair) {
+    if let Impair::Video = impair {
+        return inside_namespace_video();
+    }
+    let record_s = record_s();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let mut procs = start_janus(t);
 
     let client = repo().join("aic/tests/janus/webrtc_client.py");
     let speech = repo().join("datasets/fixtures/speech/en_espeak.wav");
@@ -1428,36 +1435,7 @@ fn decode_dump(path: &Path) -> (Vec<(f64, aic_video::Yuv420Frame)>, u64) {
 fn inside_namespace_video() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    sh("ip", &["link", "set", "lo", "up"]);
-    sh(
-        "ip",
-        &[
-            "link", "add", "jlo0", "type", "veth", "peer", "name", "jlo1",
-        ],
-    );
-    sh("ip", &["addr", "add", "127.0.0.2/32", "dev", "jlo0"]);
-    sh("ip", &["link", "set", "jlo0", "up"]);
-    sh("ip", &["link", "set", "jlo1", "up"]);
-    let conf = t.join("janus");
-    write_janus_config(&conf);
-    let mut procs = Procs(Vec::new());
-    let janus = Command::new("janus")
-        .arg("-F")
-        .arg(&conf)
-        .arg("-C")
-        .arg(conf.join("janus.jcfg"))
-        .args(["-N", "-L"])
-        .arg(t.join("janus.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start janus (installed by scripts/setup.sh)");
-    procs.0.push(("janus".into(), janus));
-    let up = (0..100).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        ureq::get("http://127.0.0.1:8088/janus/info").call().is_ok()
-    });
-    assert!(up, "Janus did not answer on 127.0.0.1:8088");
+    let mut procs = start_janus(t);
 
     let source: Vec<_> = (0..VFRAMES).map(source_frame).collect();
     for (n, f) in source.iter().enumerate() {

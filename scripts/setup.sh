@@ -24,6 +24,8 @@ APT_PACKAGES=(
   # video (video/, issue #14): FFmpeg 5.1's libraries for ffmpeg-next; its -sys crate runs bindgen
   libavcodec-dev libavformat-dev libavutil-dev libswresample-dev libswscale-dev libavfilter-dev
   libavdevice-dev clang libclang-dev
+  # egress (egress/, issue #13): gstreamer-rs builds against these; RTMP and SRT peers for its tests
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev nginx libnginx-mod-rtmp srt-tools
 )
 
 log() { printf '[setup] %s\n' "$*" >&2; }

@@ -97,8 +97,10 @@ fn description(spec: &OutputSpec) -> String {
         Format::Rtmp => {
             format!("{SRC} ! {aac} ! flvmux streamable=true ! rtmp2sink name=sink sync=false")
         }
+        // SRT's live mode drops what a burst sends faster than real time (a burst at the end
+        // is lost when the socket closes), so the sink is paced by the media's timestamps.
         Format::Srt => format!(
-            "{SRC} ! {aac} ! mpegtsmux alignment=7 ! srtsink name=sink sync=false wait-for-connection=false"
+            "{SRC} ! {aac} ! mpegtsmux alignment=7 ! srtsink name=sink sync=true wait-for-connection=false"
         ),
         Format::Aic => unreachable!("the .aic output is not a GStreamer pipeline"),
     }
@@ -131,6 +133,8 @@ pub struct GstOutput {
     pub wait_for_room: bool,
 }
 
+/// How long an SRT output stays connected after its last data (see [`GstOutput::finish`]).
+const SRT_DRAIN: Duration = Duration::from_millis(500);
 /// How long an offline write waits for a sink that takes nothing.
 const ROOM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -325,9 +329,23 @@ impl GstOutput {
             gst::ClockTime::from_nseconds(left.as_nanos() as u64),
             &[gst::MessageType::Eos, gst::MessageType::Error],
         );
+        if self.format == Format::Srt
+            && matches!(msg.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_)))
+        {
+            // libsrt's live mode drops what is unsent when the socket closes, and the receiver
+            // holds packets for its latency (120 ms by default) before it delivers them: keep
+            // the connection open while the tail goes out.
+            std::thread::sleep(SRT_DRAIN);
+        }
         let _ = self.pipeline.set_state(gst::State::Null);
         match msg.as_ref().map(|m| m.view()) {
-            Some(gst::MessageView::Eos(_)) => Ok(self.pos),
+            Some(gst::MessageView::Eos(_)) => {
+                if self.format == Format::Hls {
+                    let media_s = Timeline::pts_ns(self.pos) as f64 / 1e9;
+                    fix_last_extinf(Path::new(&self.location), media_s)?;
+                }
+                Ok(self.pos)
+            }
             Some(gst::MessageView::Error(e)) => Err(Error::Gst(describe(e))),
             _ => Err(Error::Gst(format!(
                 "{} output did not finish within {} ms",
@@ -363,6 +381,34 @@ fn drain_error(bus: &gst::Bus) -> Option<String> {
     }
 }
 
+/// hlssink2 (GStreamer 1.22) gives the last segment of a playlist the duration up to its last
+/// buffer's start, one AAC frame (21 ms) short, so the playlist sums to less than the media.
+/// The media time is known exactly from the timeline: the last `#EXTINF` becomes the media time
+/// minus the segments before it (only a correction of under 100 ms is made; anything larger
+/// means the playlist is not what we think and is left alone). Written to a temporary file and
+/// renamed over the playlist, so a reader never sees half of it.
+pub fn fix_last_extinf(playlist: &Path, media_s: f64) -> Result<(), Error> {
+    let io = |e: std::io::Error| Error::Io(format!("{}: {e}", playlist.display()));
+    let text = std::fs::read_to_string(playlist).map_err(io)?;
+    let extinf = |l: &str| -> Option<f64> {
+        l.strip_prefix("#EXTINF:")?.split(',').next()?.trim().parse().ok()
+    };
+    let durations: Vec<f64> = text.lines().filter_map(extinf).collect();
+    let Some((&last, before)) = durations.split_last() else {
+        return Ok(());
+    };
+    let fixed = media_s - before.iter().sum::<f64>();
+    if fixed <= 0.0 || (fixed - last).abs() >= 0.1 {
+        return Ok(());
+    }
+    let at = text.rfind("#EXTINF:").expect("an #EXTINF line was parsed");
+    let end = at + text[at..].find('\n').unwrap_or(text.len() - at);
+    let out = format!("{}#EXTINF:{fixed:.6},{}", &text[..at], &text[end..]);
+    let tmp = playlist.with_extension("m3u8.tmp");
+    std::fs::write(&tmp, out).map_err(io)?;
+    std::fs::rename(&tmp, playlist).map_err(io)
+}
+
 fn path_str(p: &Path) -> Result<&str, Error> {
     p.to_str()
         .ok_or_else(|| Error::Spec(format!("{} is not UTF-8", p.display())))
@@ -371,4 +417,26 @@ fn path_str(p: &Path) -> Result<&str, Error> {
 /// The directory an HLS output's playlist and segments are in.
 pub fn hls_playlist(dir: &Path) -> PathBuf {
     dir.join("index.m3u8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_extinf_is_made_to_sum_to_the_media_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.m3u8");
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n\n#EXTINF:1.984,\ns0.ts\n#EXTINF:1.6213,\ns1.ts\n#EXT-X-ENDLIST\n";
+        std::fs::write(&p, text).unwrap();
+        fix_last_extinf(&p, 3.632).unwrap();
+        let got = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            got,
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n\n#EXTINF:1.984,\ns0.ts\n#EXTINF:1.648000,\ns1.ts\n#EXT-X-ENDLIST\n"
+        );
+        // A discrepancy that large is not hlssink2's missing frame: left alone.
+        fix_last_extinf(&p, 9.0).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), got);
+    }
 }

@@ -330,7 +330,10 @@ impl GstOutput {
             &[gst::MessageType::Eos, gst::MessageType::Error],
         );
         if self.format == Format::Srt
-            && matches!(msg.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_)))
+            && matches!(
+                msg.as_ref().map(|m| m.view()),
+                Some(gst::MessageView::Eos(_))
+            )
         {
             // libsrt's live mode drops what is unsent when the socket closes, and the receiver
             // holds packets for its latency (120 ms by default) before it delivers them: keep
@@ -391,7 +394,12 @@ pub fn fix_last_extinf(playlist: &Path, media_s: f64) -> Result<(), Error> {
     let io = |e: std::io::Error| Error::Io(format!("{}: {e}", playlist.display()));
     let text = std::fs::read_to_string(playlist).map_err(io)?;
     let extinf = |l: &str| -> Option<f64> {
-        l.strip_prefix("#EXTINF:")?.split(',').next()?.trim().parse().ok()
+        l.strip_prefix("#EXTINF:")?
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     };
     let durations: Vec<f64> = text.lines().filter_map(extinf).collect();
     let Some((&last, before)) = durations.split_last() else {

@@ -17,11 +17,19 @@ use support::*;
 const AAC_FRAME_S: f64 = 1024.0 / 48_000.0;
 
 fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Killed(Child);
@@ -58,13 +66,24 @@ fn hls_segments_last_what_their_extinf_says_and_sum_to_the_media_time() {
     let mut lines = text.lines();
     let mut all = Vec::new();
     while let Some(l) = lines.next() {
-        let Some(d) = l.strip_prefix("#EXTINF:") else { continue };
-        let extinf: f64 = d.trim_end_matches(',').split(',').next().unwrap().parse().unwrap();
+        let Some(d) = l.strip_prefix("#EXTINF:") else {
+            continue;
+        };
+        let extinf: f64 = d
+            .trim_end_matches(',')
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         let seg = playlist.parent().unwrap().join(lines.next().unwrap());
         let y = decode(&seg);
         all.extend_from_slice(&y);
         let (_, probed) = probe(&seg);
-        eprintln!("{}: EXTINF {extinf:.3} s, ffprobe {probed:.3} s", seg.display());
+        eprintln!(
+            "{}: EXTINF {extinf:.3} s, ffprobe {probed:.3} s",
+            seg.display()
+        );
         assert!(
             (probed - extinf).abs() <= AAC_FRAME_S + 1e-3,
             "{}: EXTINF {extinf} s but the segment lasts {probed} s",
@@ -76,7 +95,10 @@ fn hls_segments_last_what_their_extinf_says_and_sum_to_the_media_time() {
     let media = frames as f64 * 0.020;
     eprintln!("{segments} segments, EXTINF sum {sum:.3} s, media {media:.3} s");
     assert!(segments >= 3, "{text}");
-    assert!((sum - media).abs() <= AAC_FRAME_S + 1e-3, "EXTINF sum {sum} s, media {media} s");
+    assert!(
+        (sum - media).abs() <= AAC_FRAME_S + 1e-3,
+        "EXTINF sum {sum} s, media {media} s"
+    );
     let s = stoi_aligned(&x, &all);
     eprintln!("HLS STOI {s:.3}");
     assert!(s > 0.85, "HLS STOI {s:.3}");
@@ -111,7 +133,10 @@ fn nginx_rtmp(dir: &Path, port: u16) -> Option<Killed> {
         .unwrap();
     let up = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(up.elapsed() < Duration::from_secs(10), "nginx did not listen");
+        assert!(
+            up.elapsed() < Duration::from_secs(10),
+            "nginx did not listen"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(Killed(child))
@@ -121,7 +146,9 @@ fn nginx_rtmp(dir: &Path, port: u16) -> Option<Killed> {
 fn rtmp_into_nginx_reads_back_as_the_media_sent() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_tcp_port();
-    let Some(_nginx) = nginx_rtmp(dir.path(), port) else { return };
+    let Some(_nginx) = nginx_rtmp(dir.path(), port) else {
+        return;
+    };
     let x = twice();
     let frames = (x.len() / 320) as u64;
     let spec = OutputSpec::parse(&format!("rtmp://127.0.0.1:{port}/live/call1"), None).unwrap();
@@ -143,14 +170,20 @@ fn rtmp_into_nginx_reads_back_as_the_media_sent() {
     let media = frames as f64 * 0.020;
     let s = stoi_aligned(&x, &y);
     eprintln!("RTMP via nginx: {got:.3} s for {media:.3} s sent, STOI {s:.3}");
-    assert!((got - media).abs() <= 2.0 * AAC_FRAME_S, "{got} s vs {media} s");
+    assert!(
+        (got - media).abs() <= 2.0 * AAC_FRAME_S,
+        "{got} s vs {media} s"
+    );
     assert!(s > 0.85, "STOI {s:.3}");
 }
 
 #[test]
 fn srt_into_a_listener_reads_back_as_the_media_sent() {
     if !have("srt-live-transmit") {
-        assert!(std::env::var_os("CI").is_none(), "srt-tools is not installed");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "srt-tools is not installed"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +192,12 @@ fn srt_into_a_listener_reads_back_as_the_media_sent() {
     let out = std::fs::File::create(&ts).unwrap();
     let listener = Killed(
         Command::new("srt-live-transmit")
-            .args(["-q", "-a:no", &format!("srt://127.0.0.1:{port}?mode=listener"), "file://con"])
+            .args([
+                "-q",
+                "-a:no",
+                &format!("srt://127.0.0.1:{port}?mode=listener"),
+                "file://con",
+            ])
             .stdout(out)
             .stderr(Stdio::null())
             .spawn()
@@ -184,7 +222,10 @@ fn srt_into_a_listener_reads_back_as_the_media_sent() {
     let media = frames as f64 * 0.020;
     let s = stoi_aligned(&x, &y);
     eprintln!("SRT: {got:.3} s for {media:.3} s sent, STOI {s:.3}");
-    assert!((got - media).abs() <= 2.0 * AAC_FRAME_S, "{got} s vs {media} s");
+    assert!(
+        (got - media).abs() <= 2.0 * AAC_FRAME_S,
+        "{got} s vs {media} s"
+    );
     assert!(s > 0.85, "STOI {s:.3}");
 }
 
@@ -198,7 +239,8 @@ fn a_sink_that_never_starts_is_failed_and_never_blocks_the_media_path() {
         let mut b = [0u8; 4096];
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(12) {
-            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
             let _ = s.read(&mut b);
         }
     });
@@ -216,7 +258,10 @@ fn a_sink_that_never_starts_is_failed_and_never_blocks_the_media_path() {
         slowest = slowest.max(p.elapsed());
     }
     eprintln!("500 pushes in {:?}, slowest {slowest:?}", t.elapsed());
-    assert!(slowest < Duration::from_millis(100), "a push blocked for {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(100),
+        "a push blocked for {slowest:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let failed = loop {
         let st = rx.borrow_and_update().clone();
@@ -227,7 +272,11 @@ fn a_sink_that_never_starts_is_failed_and_never_blocks_the_media_path() {
         let _ = tokio_free_wait(&mut rx);
     };
     assert!(failed.0.contains("did not start recording"), "{}", failed.0);
-    assert!(failed.1.outputs[0].dropped > 0 || failed.1.queue_dropped > 0, "{:?}", failed.1);
+    assert!(
+        failed.1.outputs[0].dropped > 0 || failed.1.queue_dropped > 0,
+        "{:?}",
+        failed.1
+    );
     let st = e.stop();
     assert!(matches!(st.outputs[0].state, State::Failed(_)));
     hold.join().unwrap();
@@ -258,7 +307,9 @@ fn an_unreachable_rtmp_server_is_a_clear_failure() {
 fn a_stuck_rtmp_server_is_reported_stalled_and_recording_again_when_it_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_tcp_port();
-    let Some(nginx) = nginx_rtmp(dir.path(), port) else { return };
+    let Some(nginx) = nginx_rtmp(dir.path(), port) else {
+        return;
+    };
     let pid = nginx.0.id().to_string();
     let x = speech();
     let spec = OutputSpec::parse(&format!("rtmp://127.0.0.1:{port}/live/s"), None)
@@ -280,7 +331,11 @@ fn a_stuck_rtmp_server_is_reported_stalled_and_recording_again_when_it_recovers(
         }
         false
     };
-    assert!(push_for(&e, Duration::from_secs(5), &|s| s == "recording"), "{:?}", e.status());
+    assert!(
+        push_for(&e, Duration::from_secs(5), &|s| s == "recording"),
+        "{:?}",
+        e.status()
+    );
     Command::new("kill").args(["-STOP", &pid]).status().unwrap();
     let stalled = push_for(&e, Duration::from_secs(20), &|s| s == "stalled");
     let during = e.status();

@@ -69,6 +69,94 @@ pub struct Options {
     pub summary: Option<PathBuf>,
     /// Also take the publisher's video through AIC (`--video`): see [`crate::video_attach`].
     pub video: Option<crate::video_attach::VideoOptions>,
+    /// Record the stream (`--record`): files, HLS directories, RTMP/SRT URLs, `.aic` archives.
+    pub record: Vec<String>,
+    /// Opus/AAC bitrate of the recordings, b/s.
+    pub record_bitrate_bps: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recording (`--record`, issue #13): the publisher's audio (the ingest PCM, before AIC) to the
+// GStreamer outputs, and AIC's own frames (what receivers get) to `.aic` archives. Both are
+// placed by frame sequence number, so gaps keep the timeline and nothing drifts; pushing never
+// blocks the media path (a full queue drops and counts).
+
+struct Recorder {
+    egress: aic_egress::Egress,
+    /// When the first PCM frame went to the egress (for the wall-clock check of the summary).
+    first: std::cell::Cell<Option<Instant>>,
+}
+
+impl Recorder {
+    fn start(o: &Options, model_id: &str) -> Result<Option<Recorder>> {
+        if o.record.is_empty() {
+            return Ok(None);
+        }
+        let outputs = o
+            .record
+            .iter()
+            .map(|loc| {
+                aic_egress::OutputSpec::parse(loc, None)
+                    .and_then(|s| s.with_bitrate(o.record_bitrate_bps))
+                    .with_context(|| format!("--record {loc}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut cfg = aic_egress::EgressConfig::new(
+            format!("{}-{}", o.room, o.publisher),
+            outputs.clone(),
+        );
+        if outputs.iter().any(|s| s.format == aic_egress::Format::Aic) {
+            let m = std::fs::read_to_string(o.model_dir.join("manifest.json"))
+                .ok()
+                .and_then(|t| aic_codec::manifest::Manifest::from_json(&t).ok())
+                .filter(|m| m.model_id == model_id)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--record *.aic: the pipeline runs model {model_id}, whose manifest is not in {} (pass --model)",
+                        o.model_dir.display()
+                    )
+                })?;
+            cfg.aic_info = Some(aic_codec::CodecInfo {
+                codec: "aic".into(),
+                model_id: m.model_id.clone(),
+                sample_rate: m.sample_rate,
+                frame_samples: m.frame_samples,
+                delay_samples: m.decoder_delay_samples,
+                point: aic_codec::OperatingPoint::Level(o.level),
+            });
+        }
+        let egress = aic_egress::Egress::start(cfg).context("--record")?;
+        for out in &egress.status().outputs {
+            eprintln!("aic attach: recording to {} ({})", out.location, out.format.name());
+        }
+        Ok(Some(Recorder {
+            egress,
+            first: std::cell::Cell::new(None),
+        }))
+    }
+
+    fn pcm(&self, seq: u64, pcm: &[i16]) {
+        if self.first.get().is_none() {
+            self.first.set(Some(Instant::now()));
+        }
+        self.egress.push_pcm(seq, pcm);
+    }
+
+    fn frame(&self, out: &FrameOut) {
+        let packet = (!out.fallback && !out.payload.is_empty()).then_some(&out.payload[..]);
+        // A packet whose decoded frame is silent codes silence: the archive fills gaps with it.
+        let quiet = out.pcm16k.iter().all(|s| s.unsigned_abs() < 16);
+        self.egress.push_frame(out.seq, packet, quiet);
+    }
+
+    /// Finishes every output; the summary's `record` object.
+    fn stop(self) -> Value {
+        let end = Instant::now();
+        let wall_ms = self.first.get().map(|f| (end - f).as_millis() as u64);
+        let st = self.egress.stop();
+        json!({"state": st.state(), "outputs": st.outputs, "queue_dropped": st.queue_dropped,
+               "wall_ms_since_first_frame": wall_ms})
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -601,6 +689,7 @@ fn pump(
     opus_dest: SocketAddr,
     link: &mut dyn PipelineLink,
     in_flight: &mut usize,
+    rec: Option<&Recorder>,
 ) -> Result<std::result::Result<Instant, &'static str>> {
     loop {
         let sent = match s.poll_output() {
@@ -615,7 +704,12 @@ fn pump(
                 }
                 continue;
             }
-            Output::Process(f) => (f.seq, link.try_send(f.seq, f.pcm16k, f.concealed)),
+            Output::Process(f) => {
+                if let Some(r) = rec {
+                    r.pcm(f.seq, f.pcm16k);
+                }
+                (f.seq, link.try_send(f.seq, f.pcm16k, f.concealed))
+            }
         };
         match sent {
             (_, Ok(())) => *in_flight += 1,
@@ -634,6 +728,7 @@ fn media_loop(
     link: &mut dyn PipelineLink,
     model_tag: [u8; 4],
     stop: &AtomicBool,
+    rec: Option<&Recorder>,
 ) -> Result<MediaResult> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -689,7 +784,7 @@ fn media_loop(
         }
         // 1. Due frames to the pipeline, packets to Janus.
         s.handle_input(Input::Timeout(now))?;
-        let wake = match pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+        let wake = match pump(o, &mut s, sock, opus_dest, link, &mut in_flight, rec)? {
             Ok(t) => t,
             Err(why) => break why,
         };
@@ -704,7 +799,10 @@ fn media_loop(
                 Ok(true) => {
                     in_flight -= 1;
                     s.handle_input(Input::Processed(Instant::now(), &out))?;
-                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+                    if let Some(r) = rec {
+                        r.frame(&out);
+                    }
+                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight, rec)? {
                         break why;
                     }
                 }
@@ -722,7 +820,7 @@ fn media_loop(
             match sock.recv_from(&mut buf) {
                 Ok((n, _)) => {
                     s.handle_input(Input::Receive(Instant::now(), &buf[..n]))?;
-                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight)? {
+                    if let Err(why) = pump(o, &mut s, sock, opus_dest, link, &mut in_flight, rec)? {
                         break 'media why;
                     }
                     sock.set_nonblocking(true)?;
@@ -832,6 +930,8 @@ pub fn run(o: &Options) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone())?;
     let mut link = open_link(o)?;
+    // Outputs are claimed (and checked) before Janus is touched: a bad --record fails fast.
+    let recorder = Recorder::start(o, link.model_id())?;
     let sock = UdpSocket::bind("127.0.0.1:0").context("binding the RTP socket")?;
     let rtp_in = sock.local_addr()?.port();
     let mut side = None;
@@ -860,7 +960,15 @@ pub fn run(o: &Options) -> Result<()> {
             "aic attach: ready (model {}, rtp in 127.0.0.1:{rtp_in})",
             link.model_id()
         );
-        media_loop(o, &sock, dest, link.as_mut(), model_tag(o), &stop)
+        media_loop(
+            o,
+            &sock,
+            dest,
+            link.as_mut(),
+            model_tag(o),
+            &stop,
+            recorder.as_ref(),
+        )
     });
     video_stop.store(true, Ordering::SeqCst);
     let video_summary = video_thread.map(|h| match h.join() {
@@ -872,8 +980,12 @@ pub fn run(o: &Options) -> Result<()> {
         s.teardown(o.room, o.publisher);
         eprintln!("aic attach: detached (forward stopped, mountpoint removed)");
     }
+    let record = recorder.map(Recorder::stop);
     let mut r = result?;
     let mut s = summary(o, link.model_id(), &mut r);
+    if let Some(rec) = record {
+        s["record"] = rec;
+    }
     if let Some(v) = video_summary {
         s["video"] = v;
     }

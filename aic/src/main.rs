@@ -12,6 +12,7 @@ mod load;
 mod loss_bench;
 mod opens;
 mod plot;
+mod render;
 mod soak;
 mod transcode;
 mod video_attach;
@@ -81,6 +82,9 @@ enum Cmd {
         #[arg(long)]
         lenient: bool,
     },
+    /// Re-render a .aic archive to Ogg/Opus, WebM, fragmented MP4, WAV, HLS, RTMP, SRT or a
+    /// paged .aic, through the same GStreamer egress as live recordings.
+    Render(render::RenderArgs),
     /// Compare codecs on speech: bitrate, quality, speed, latency (`aic bench load`: the
     /// many-stream pipeline).
     Bench(BenchArgs),
@@ -168,6 +172,14 @@ struct AttachJanusArgs {
     /// The publisher's frame rate (the encoder's time base).
     #[arg(long, default_value_t = 30)]
     video_fps: u32,
+    /// Record the publisher's audio (repeatable): a file (`.ogg`, `.webm`, `.mp4`, `.wav`), an
+    /// HLS directory (`dir/` or `name.m3u8`), `rtmp://…`, `srt://…`, or a `.aic` archive of
+    /// AIC's own frames. Existing files are never overwritten (`rec-2.ogg`, …).
+    #[arg(long)]
+    record: Vec<String>,
+    /// Opus/AAC bitrate of the recordings, e.g. 32k.
+    #[arg(long, default_value = "32k")]
+    record_bitrate: String,
 }
 
 #[derive(clap::Args)]
@@ -490,6 +502,9 @@ fn run(cli: Cli) -> Result<()> {
                     .duration
                     .map(|d| std::time::Duration::from_secs_f64(d.clamp(0.0, 86_400.0))),
                 summary: a.summary,
+                record: a.record,
+                record_bitrate_bps: render::parse_bps(&a.record_bitrate)
+                    .context("--record-bitrate")?,
                 video: if a.video {
                     let encoder = aic_video::EncoderKind::from_name(&a.video_encoder)
                         .with_context(|| format!("--video-encoder {}", a.video_encoder))?;
@@ -514,6 +529,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
         }
         Cmd::Admin(args) => admin::run(args)?,
+        Cmd::Render(args) => render::run(&reg, args)?,
         Cmd::Codecs => {
             for d in reg.iter() {
                 let status = match d.factory.availability() {

@@ -2,12 +2,13 @@
 //! (`docs/bitstream.md` §3.2), one page flushed per second, so a crash leaves a file that
 //! decodes up to the last flushed page and a recording costs the codec's bitrate plus ~2 %.
 //!
-//! Timeline positions are the page frame indices (the first frame is index 0). A gap is
-//! filled with the last packet that coded silence (the caller marks those `quiet`), which
-//! decodes as silence for as long as the gap lasts; before any quiet packet was seen a gap is
-//! stored as lost frames (the decoder conceals them), which the container bounds to
-//! [`MAX_LOST_RUN`] in a row — a longer gap with nothing to fill it fails the output with a
-//! clear error rather than writing a file its readers refuse.
+//! Timeline positions are the page frame indices (the first frame is index 0). A missing frame
+//! (a gap on the timeline, or a frame the pipeline could not code) is stored as lost, which the
+//! decoder conceals (AIC fades its latent to silence within ~20 frames), up to the container's
+//! bound of [`MAX_LOST_RUN`] in a row; past that, the last packet that coded silence (the
+//! caller marks those `quiet`, or configures one) keeps the timeline going. A longer run with
+//! no silent packet known fails the output with a clear error rather than writing a file its
+//! readers refuse; everything flushed before stays readable.
 
 use std::fs::File;
 use std::path::Path;
@@ -26,6 +27,8 @@ pub struct AicOutput {
     /// Next timeline position.
     pos: u64,
     quiet: Option<Vec<u8>>,
+    /// Lost frames stored in a row so far.
+    lost_run: u32,
     pub location: String,
 }
 
@@ -43,6 +46,7 @@ impl AicOutput {
             w,
             pos: 0,
             quiet: None,
+            lost_run: 0,
             location: path.display().to_string(),
         })
     }
@@ -55,36 +59,41 @@ impl AicOutput {
         }
     }
 
-    /// Writes `fill` gap frames, then `packet` (`None`: lost upstream, concealed on decode).
-    /// `quiet` marks a packet that codes silence.
+    /// Writes `fill` missing frames, then `packet` (`None`: missing too). `quiet` marks a
+    /// packet that codes silence.
     pub fn write(&mut self, fill: u64, packet: Option<&[u8]>, quiet: bool) -> Result<(), Error> {
-        if fill > 0 {
-            match self.quiet.clone() {
-                Some(q) => {
-                    for _ in 0..fill {
-                        self.push(Some(&q))?;
-                    }
-                }
-                None if fill <= u64::from(MAX_LOST_RUN) => {
-                    for _ in 0..fill {
-                        self.push(None)?;
-                    }
-                }
-                None => {
-                    return Err(Error::Archive(format!(
-                        "a gap of {fill} frames at {} ms with no silent packet to fill it (at most {MAX_LOST_RUN} can be stored as lost)",
-                        self.pos * 20
-                    )));
-                }
-            }
+        for _ in 0..fill {
+            self.missing()?;
         }
-        self.push(packet)?;
-        if quiet && let Some(p) = packet {
-            if self.quiet.as_deref() != Some(p) {
-                self.quiet = Some(p.to_vec());
+        match packet {
+            None => self.missing()?,
+            Some(p) => {
+                self.push(Some(p))?;
+                self.lost_run = 0;
+                if quiet && self.quiet.as_deref() != Some(p) {
+                    self.quiet = Some(p.to_vec());
+                }
             }
         }
         Ok(())
+    }
+
+    fn missing(&mut self) -> Result<(), Error> {
+        if self.lost_run < MAX_LOST_RUN {
+            self.push(None)?;
+            self.lost_run += 1;
+            return Ok(());
+        }
+        let Some(q) = self.quiet.take() else {
+            return Err(Error::Archive(format!(
+                "over {MAX_LOST_RUN} missing frames in a row at {} ms and no silent packet to fill them",
+                self.pos * 20
+            )));
+        };
+        let r = self.push(Some(&q));
+        self.quiet = Some(q);
+        self.lost_run = 0;
+        r
     }
 
     fn push(&mut self, packet: Option<&[u8]>) -> Result<(), Error> {
@@ -150,28 +159,22 @@ mod tests {
     }
 
     #[test]
-    fn gaps_keep_the_timeline_with_quiet_packets_or_lost_frames() {
+    fn gaps_are_lost_frames_then_the_quiet_packet() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.aic");
         let f = File::create(&path).unwrap();
         let mut o = AicOutput::start(&info(), f, &path).unwrap();
         o.write(0, Some(&[1, 2, 3]), false).unwrap();
-        o.write(2, Some(&[4]), false).unwrap(); // no quiet packet yet: 2 lost frames
+        o.write(2, Some(&[4]), false).unwrap(); // a short gap: 2 lost frames
         o.write(0, Some(&[9, 9]), true).unwrap();
-        o.write(3, None, false).unwrap(); // filled with [9, 9], then a lost frame
-        assert_eq!(o.finish().unwrap(), 9);
+        let run = u64::from(MAX_LOST_RUN);
+        o.write(run + 2, None, false).unwrap(); // 53 missing: 50 lost, the quiet packet, 2 lost
+        assert_eq!(o.finish().unwrap(), 5 + run + 3);
         let got = read_all(&path);
-        let want: Vec<Option<Vec<u8>>> = vec![
-            Some(vec![1, 2, 3]),
-            None,
-            None,
-            Some(vec![4]),
-            Some(vec![9, 9]),
-            Some(vec![9, 9]),
-            Some(vec![9, 9]),
-            Some(vec![9, 9]),
-            None,
-        ];
+        let mut want: Vec<Option<Vec<u8>>> =
+            vec![Some(vec![1, 2, 3]), None, None, Some(vec![4]), Some(vec![9, 9])];
+        want.extend(std::iter::repeat_n(None, MAX_LOST_RUN as usize));
+        want.extend([Some(vec![9, 9]), None, None]);
         assert_eq!(got, want);
     }
 
@@ -183,10 +186,12 @@ mod tests {
         let mut o = AicOutput::start(&info(), f, &path).unwrap();
         o.write(0, Some(&[1]), false).unwrap();
         let e = o.write(500, Some(&[2]), false).unwrap_err();
-        assert!(e.to_string().contains("gap of 500 frames"), "{e}");
-        // What was accepted before is still there.
+        assert!(e.to_string().contains("no silent packet"), "{e}");
+        // What was accepted before is still there and the file reads cleanly.
         o.flush().unwrap();
-        assert_eq!(read_all(&path), vec![Some(vec![1])]);
+        let got = read_all(&path);
+        assert_eq!(got[0], Some(vec![1]));
+        assert_eq!(got.len(), 1 + MAX_LOST_RUN as usize);
     }
 
     #[test]

@@ -456,6 +456,11 @@ fn inside_namespace(test: &str, impair: Impair) {
         .env("AIC_API_KEY", &api_key)
         .arg("--summary")
         .arg(&summary)
+        // Issue #13: record the publisher (Ogg/Opus) and AIC's own frames (.aic) meanwhile.
+        .arg("--record")
+        .arg(t.join("rec.ogg"))
+        .arg("--record")
+        .arg(t.join("rec.aic"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -520,6 +525,7 @@ fn inside_namespace(test: &str, impair: Impair) {
         serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
     eprintln!("summary: {s:#}");
     eprintln!("subscriber: {stats}");
+    check_recordings(t, &s["record"]);
 
     // Janus is back to what it was: no forwarder, no mountpoint.
     let fw = janus_request(
@@ -773,6 +779,68 @@ fn inside_namespace(test: &str, impair: Impair) {
     assert!(best > 0.7, "envelope correlation {best}");
     assert!(stoi > floor, "STOI {stoi:.3} <= floor {floor:.3}");
     drop(procs);
+}
+
+/// `--record`: both recordings stopped cleanly, each file lasts exactly the media time on its
+/// timeline (frame indices, so loss does not shorten it), and that media time is the wall-clock
+/// time the recording ran (no drift; the .aic starts a pipeline trip later and the last frames
+/// in flight at SIGTERM are not waited for, hence the allowance).
+fn check_recordings(t: &Path, rec: &serde_json::Value) {
+    eprintln!("record: {rec}");
+    assert_eq!(rec["state"], "stopped", "{rec}");
+    let wall_ms = rec["wall_ms_since_first_frame"].as_f64().unwrap();
+    let outs = rec["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2, "{rec}");
+    for o in outs {
+        assert_eq!(o["state"]["state"], "stopped", "{o}");
+        let media_ms = o["media_ms"].as_f64().unwrap();
+        let path = PathBuf::from(o["location"].as_str().unwrap());
+        let wav = t.join(format!("{}.wav", o["format"].as_str().unwrap()));
+        let decoded_s = if o["format"] == "aic" {
+            let st = Command::new(env!("CARGO_BIN_EXE_aic"))
+                .arg("decode")
+                .arg(&path)
+                .arg("-o")
+                .arg(&wav)
+                .status()
+                .unwrap();
+            assert!(st.success(), "aic decode {}", path.display());
+            read_wav_16k(&wav).len() as f64 / 16_000.0
+        } else {
+            let st = Command::new("ffmpeg")
+                .args(["-v", "error", "-y", "-i"])
+                .arg(&path)
+                .args(["-ac", "1", "-ar", "16000"])
+                .arg(&wav)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ffmpeg could not read {}", path.display());
+            let y = read_wav_16k(&wav);
+            let rms = (y.iter().map(|v| v * v).sum::<f32>() / y.len().max(1) as f32).sqrt();
+            assert!(
+                rms > 0.005,
+                "{}: silent recording (rms {rms})",
+                path.display()
+            );
+            y.len() as f64 / 16_000.0
+        };
+        let codec_delay_s = 0.015; // the AIC decoder drops its delay (240 samples)
+        eprintln!(
+            "record {}: {decoded_s:.3} s decoded, {media_ms} ms on the timeline, {wall_ms} ms of wall clock",
+            path.display()
+        );
+        assert!(
+            (decoded_s * 1000.0 - media_ms).abs() <= 20.0 + codec_delay_s * 1000.0,
+            "{}: decodes to {decoded_s} s, timeline {media_ms} ms",
+            path.display()
+        );
+        assert!(
+            (media_ms - wall_ms).abs() <= 300.0,
+            "{}: timeline {media_ms} ms but it ran {wall_ms} ms (drift)",
+            path.display()
+        );
+        assert!(media_ms > 4000.0, "{o}");
+    }
 }
 
 /// Mean STOI of `heard` against `looped` (where `heard[0]` matches `looped[start]`) over 2 s
@@ -1476,6 +1544,11 @@ fn inside_namespace_video() {
         .args(["--video-kbps", &AV1_KBPS.to_string()])
         .arg("--summary")
         .arg(&summary)
+        // Issue #13: record the publisher (Ogg/Opus) and AIC's own frames (.aic) meanwhile.
+        .arg("--record")
+        .arg(t.join("rec.ogg"))
+        .arg("--record")
+        .arg(t.join("rec.aic"))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -183,7 +183,7 @@ impl ToEgress<'_> {
         while self.pending.len() - at >= N {
             let pcm: Vec<i16> = self.pending[at..at + N]
                 .iter()
-                .map(|&v| (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+                .map(|&v| to_i16(v))
                 .collect();
             self.pace.wait(self.index);
             if self.pushed.is_ok()
@@ -204,7 +204,11 @@ impl Decoder for ToEgress<'_> {
         self.dec.info()
     }
 
-    fn decode_frame(&mut self, packet: Option<&[u8]>, _out: &mut Vec<f32>) -> Result<(), CodecError> {
+    fn decode_frame(
+        &mut self,
+        packet: Option<&[u8]>,
+        _out: &mut Vec<f32>,
+    ) -> Result<(), CodecError> {
         self.frame.clear();
         self.dec.decode_frame(packet, &mut self.frame)?;
         let drop = self.skip.min(self.frame.len());
@@ -234,7 +238,11 @@ fn stream_decode<R: std::io::Read>(
         egress,
         pace,
         skip: h.info.delay_samples,
-        left: if packets.is_live() { u64::MAX } else { h.total_samples },
+        left: if packets.is_live() {
+            u64::MAX
+        } else {
+            h.total_samples
+        },
         pending: Vec::new(),
         frame: Vec::new(),
         index: 0,
@@ -250,7 +258,10 @@ fn stream_decode<R: std::io::Read>(
         bail!("{e}");
     }
     if let Some(e) = &rep.stopped_by {
-        eprintln!("warning: {e}; rendered the {} frames before it", rep.decoded_packets);
+        eprintln!(
+            "warning: {e}; rendered the {} frames before it",
+            rep.decoded_packets
+        );
     }
     Ok(Fed {
         frames: sink.index,
@@ -272,10 +283,7 @@ fn whole_decode<R: std::io::Read>(
         concealed: d.concealed as u64,
     };
     for chunk in pcm.chunks(aic_egress::FRAME_SAMPLES) {
-        let mut f: Vec<i16> = chunk
-            .iter()
-            .map(|&v| (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
-            .collect();
+        let mut f: Vec<i16> = chunk.iter().map(|&v| to_i16(v)).collect();
         f.resize(aic_egress::FRAME_SAMPLES, 0);
         pace.wait(fed.frames);
         egress.push_pcm_blocking(fed.frames, &f)?;
@@ -299,4 +307,9 @@ fn report(input: &Path, s: &EgressStatus, fed: Fed, took: Duration) {
         o.state.name(),
         took.as_secs_f64()
     );
+}
+
+/// The conversion `aic decode` writes WAV with, so a WAV render equals its output.
+fn to_i16(v: f32) -> i16 {
+    (v.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }

@@ -208,7 +208,7 @@ fn fmt_key(k: &pb::ApiKey) -> String {
 
 fn fmt_usage(u: &pb::Usage) -> String {
     format!(
-        "{:<16} {:<20} {:>8} {:>12.1} {:>12.1} {:>12} {:>12} {:>12}",
+        "{:<16} {:<20} {:>8} {:>12.1} {:>12.1} {:>12} {:>12} {:>12} {:>12.1}",
         u.key_id,
         u.tenant_id,
         u.sessions,
@@ -216,7 +216,8 @@ fn fmt_usage(u: &pb::Usage) -> String {
         u.media_seconds_decoded,
         u.bytes_in,
         u.bytes_out,
-        u.bytes_saved
+        u.bytes_saved,
+        u.media_seconds_egress
     )
 }
 
@@ -377,7 +378,7 @@ pub fn run(a: AdminArgs) -> Result<()> {
                     .await?
                     .into_inner();
                 println!(
-                    "{:<16} {:<20} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12}",
+                    "{:<16} {:<20} {:>8} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
                     "key",
                     "tenant",
                     "sessions",
@@ -385,7 +386,8 @@ pub fn run(a: AdminArgs) -> Result<()> {
                     "dec_s",
                     "bytes_in",
                     "bytes_out",
-                    "bytes_saved"
+                    "bytes_saved",
+                    "egress_s"
                 );
                 let rows = if hourly { &u.rows } else { &u.totals };
                 for r in rows {

@@ -13,6 +13,8 @@ pub struct Usage {
     pub sessions: u64,
     pub media_ms_encoded: u64,
     pub media_ms_decoded: u64,
+    /// Media written out by egress (recordings, re-streams) for the key.
+    pub media_ms_egress: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub bytes_saved: u64,
@@ -23,6 +25,7 @@ impl Usage {
         self.sessions += o.sessions;
         self.media_ms_encoded += o.media_ms_encoded;
         self.media_ms_decoded += o.media_ms_decoded;
+        self.media_ms_egress += o.media_ms_egress;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.bytes_saved += o.bytes_saved;
@@ -45,6 +48,7 @@ pub struct Account {
 pub struct SessionCounters {
     media_ms_encoded: AtomicU64,
     media_ms_decoded: AtomicU64,
+    media_ms_egress: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     bytes_saved: AtomicU64,
@@ -60,6 +64,10 @@ impl SessionCounters {
     pub fn decoded_ms(&self, ms: u64) {
         self.used.store(true, Ordering::Relaxed);
         self.media_ms_decoded.fetch_add(ms, Ordering::Relaxed);
+    }
+    pub fn egress_ms(&self, ms: u64) {
+        self.used.store(true, Ordering::Relaxed);
+        self.media_ms_egress.fetch_add(ms, Ordering::Relaxed);
     }
     pub fn bytes_in(&self, n: u64) {
         self.used.store(true, Ordering::Relaxed);
@@ -79,6 +87,7 @@ impl SessionCounters {
             sessions: 0,
             media_ms_encoded: self.media_ms_encoded.swap(0, Ordering::Relaxed),
             media_ms_decoded: self.media_ms_decoded.swap(0, Ordering::Relaxed),
+            media_ms_egress: self.media_ms_egress.swap(0, Ordering::Relaxed),
             bytes_in: self.bytes_in.swap(0, Ordering::Relaxed),
             bytes_out: self.bytes_out.swap(0, Ordering::Relaxed),
             bytes_saved: self.bytes_saved.swap(0, Ordering::Relaxed),
@@ -189,19 +198,50 @@ mod tests {
         s1.counters.encoded_ms(20);
         s1.counters.bytes_in(640);
         s2.counters.decoded_ms(40);
+        s2.counters.egress_ms(60);
         let t = m.take();
         assert_eq!(t.len(), 1);
         assert_eq!(t[0].1.media_ms_encoded, 20);
         assert_eq!(t[0].1.media_ms_decoded, 40);
+        assert_eq!(t[0].1.media_ms_egress, 60);
         assert_eq!(t[0].1.sessions, 0);
         assert!(m.take().is_empty(), "nothing new since");
         s1.counters.encoded_ms(20);
+        s2.counters.egress_ms(40);
         drop(s1);
         drop(s2);
         let t = m.take();
         assert_eq!(t[0].1.sessions, 2);
         assert_eq!(t[0].1.media_ms_encoded, 20);
+        assert_eq!(
+            t[0].1.media_ms_egress, 40,
+            "only what came since the last take"
+        );
         assert_eq!(m.live_sessions(), 0);
+    }
+
+    #[test]
+    fn egress_alone_makes_a_session_and_adds_up() {
+        let m = Meter::default();
+        // A recording-only session (egress, no codec work) is billed as a session.
+        let s = m.start(acct("e"));
+        s.counters.egress_ms(1_000);
+        s.counters.egress_ms(500);
+        drop(s);
+        let t = m.take();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t[0].1,
+            Usage {
+                sessions: 1,
+                media_ms_egress: 1_500,
+                ..Usage::default()
+            }
+        );
+        let mut sum = t[0].1.clone();
+        sum.add(&t[0].1);
+        assert_eq!(sum.media_ms_egress, 3_000);
+        assert_eq!(sum.sessions, 2);
     }
 
     #[test]
@@ -209,9 +249,11 @@ mod tests {
         let m = Meter::default();
         let s = m.start(acct("b"));
         s.counters.bytes_saved(100);
+        s.counters.egress_ms(20);
         drop(s);
         let t = m.take();
         m.restore(t.clone());
         assert_eq!(m.take(), t);
+        assert_eq!(t[0].1.media_ms_egress, 20);
     }
 }

@@ -174,6 +174,7 @@ fn usage_to_pb(key_id: &str, tenant_id: &str, period: i64, u: &Usage) -> pb::Usa
         sessions: u.sessions,
         media_seconds_encoded: u.media_ms_encoded as f64 / 1000.0,
         media_seconds_decoded: u.media_ms_decoded as f64 / 1000.0,
+        media_seconds_egress: u.media_ms_egress as f64 / 1000.0,
         bytes_in: u.bytes_in,
         bytes_out: u.bytes_out,
         bytes_saved: u.bytes_saved,
@@ -428,6 +429,23 @@ pub fn admin_token_in(data_dir: &std::path::Path) -> crate::Result<(String, bool
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn usage_reports_seconds_including_egress() {
+        let u = super::Usage {
+            sessions: 2,
+            media_ms_encoded: 1_500,
+            media_ms_decoded: 20,
+            media_ms_egress: 61_250,
+            ..super::Usage::default()
+        };
+        let p = super::usage_to_pb("k", "t", 7, &u);
+        assert_eq!((p.key_id.as_str(), p.tenant_id.as_str()), ("k", "t"));
+        assert_eq!((p.period_start_unix_ms, p.sessions), (7, 2));
+        assert_eq!(p.media_seconds_encoded, 1.5);
+        assert_eq!(p.media_seconds_decoded, 0.02);
+        assert_eq!(p.media_seconds_egress, 61.25);
+    }
+
     #[test]
     fn admin_token_is_made_once_with_mode_0600() {
         use std::os::unix::fs::PermissionsExt as _;

@@ -2,7 +2,8 @@
 //! (`sqlite://…`, `postgres://…`) through sqlx's `Any` driver, so one set of queries and one
 //! schema serve both. Queries use `$N` placeholders, which both SQLite and PostgreSQL accept;
 //! every integer is BIGINT (i64), since `Any` cannot widen INTEGER columns for PostgreSQL.
-//! Migrations (`migrations/`, versioned, embedded at build time) run at open.
+//! Migrations (`migrations/`, versioned, embedded at build time) run at open; each must be valid
+//! for both backends (one directory serves both).
 
 use sqlx::Row as _;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -312,15 +313,17 @@ impl Store {
         for (a, u) in rows {
             sqlx::query(
                 "INSERT INTO usage_hourly (key_id, tenant_id, period_ms, sessions, \
-                 media_ms_encoded, media_ms_decoded, bytes_in, bytes_out, bytes_saved) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 media_ms_encoded, media_ms_decoded, bytes_in, bytes_out, bytes_saved, \
+                 media_ms_egress) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (key_id, period_ms) DO UPDATE SET \
                  sessions = usage_hourly.sessions + excluded.sessions, \
                  media_ms_encoded = usage_hourly.media_ms_encoded + excluded.media_ms_encoded, \
                  media_ms_decoded = usage_hourly.media_ms_decoded + excluded.media_ms_decoded, \
                  bytes_in = usage_hourly.bytes_in + excluded.bytes_in, \
                  bytes_out = usage_hourly.bytes_out + excluded.bytes_out, \
-                 bytes_saved = usage_hourly.bytes_saved + excluded.bytes_saved",
+                 bytes_saved = usage_hourly.bytes_saved + excluded.bytes_saved, \
+                 media_ms_egress = usage_hourly.media_ms_egress + excluded.media_ms_egress",
             )
             .bind(&a.key_id)
             .bind(&a.tenant_id)
@@ -331,6 +334,7 @@ impl Store {
             .bind(i(u.bytes_in))
             .bind(i(u.bytes_out))
             .bind(i(u.bytes_saved))
+            .bind(i(u.media_ms_egress))
             .execute(&mut *tx)
             .await?;
         }
@@ -347,7 +351,7 @@ impl Store {
     ) -> Result<Vec<UsageRow>> {
         let rows = sqlx::query(
             "SELECT key_id, tenant_id, period_ms, sessions, media_ms_encoded, media_ms_decoded, \
-             bytes_in, bytes_out, bytes_saved FROM usage_hourly \
+             media_ms_egress, bytes_in, bytes_out, bytes_saved FROM usage_hourly \
              WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR key_id = $2) AND period_ms >= $3 \
              ORDER BY key_id, period_ms",
         )
@@ -368,6 +372,7 @@ impl Store {
                         sessions: u(r.try_get("sessions")?),
                         media_ms_encoded: u(r.try_get("media_ms_encoded")?),
                         media_ms_decoded: u(r.try_get("media_ms_decoded")?),
+                        media_ms_egress: u(r.try_get("media_ms_egress")?),
                         bytes_in: u(r.try_get("bytes_in")?),
                         bytes_out: u(r.try_get("bytes_out")?),
                         bytes_saved: u(r.try_get("bytes_saved")?),

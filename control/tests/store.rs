@@ -83,6 +83,7 @@ async fn exercise(store: &Store) {
         sessions: 1,
         media_ms_encoded: 2_000,
         media_ms_decoded: 1_000,
+        media_ms_egress: 750,
         bytes_in: 64_000,
         bytes_out: 1_500,
         bytes_saved: 6_500,
@@ -104,8 +105,34 @@ async fn exercise(store: &Store) {
     assert_eq!(rows[0].period_ms, hour_of(now));
     assert_eq!(rows[0].usage.sessions, 2);
     assert_eq!(rows[0].usage.media_ms_encoded, 4_000);
+    assert_eq!(
+        rows[0].usage.media_ms_egress, 1_500,
+        "egress adds up across flushes"
+    );
     assert_eq!(rows[0].usage.bytes_saved, 13_000);
     assert_eq!(rows[1].usage, u);
+
+    // What a session's meter counts (egress included) goes through a flush into the store
+    // and adds to the hour's row like every other counter.
+    let meter = aic_control::meter::Meter::default();
+    let s = meter.start(a.clone());
+    s.counters.egress_ms(2_000);
+    s.counters.encoded_ms(100);
+    store
+        .add_usage(&meter.take(), now + 3_600_000)
+        .await
+        .unwrap();
+    s.counters.egress_ms(250);
+    drop(s);
+    store
+        .add_usage(&meter.take(), now + 3_600_000 + 10)
+        .await
+        .unwrap();
+    let rows = store.usage("", &k.key_id, now + 3_600_000).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].usage.media_ms_egress, 750 + 2_000 + 250);
+    assert_eq!(rows[0].usage.media_ms_encoded, 2_000 + 100);
+    assert_eq!(rows[0].usage.sessions, 1 + 1);
     assert_eq!(
         store
             .usage(&t.tenant_id, "", now + 3_600_000)
@@ -154,6 +181,75 @@ async fn sqlite_store_in_one_file() {
     let again = Store::open(&url).await.unwrap();
     assert_eq!(again.list_tenants().await.unwrap().len(), 1);
     assert!(dir.path().join("control.db").exists());
+}
+
+/// A store made before the egress column (only 0001 applied, with usage in it) upgrades at
+/// open: old rows read 0 egress, and new flushes add to them.
+#[tokio::test]
+async fn sqlite_store_upgrades_from_0001() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Store::sqlite_url(dir.path());
+    let only_0001 = dir.path().join("migrations");
+    std::fs::create_dir(&only_0001).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/0001_init.sql"),
+        only_0001.join("0001_init.sql"),
+    )
+    .unwrap();
+    {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(only_0001.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO usage_hourly (key_id, tenant_id, period_ms, sessions, media_ms_encoded, \
+             media_ms_decoded, bytes_in, bytes_out, bytes_saved) \
+             VALUES ('k1', 't1', $1, 3, 100, 200, 300, 400, 500)",
+        )
+        .bind(hour_of(1_700_000_000_000))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = Store::open(&url).await.unwrap();
+    let old = Usage {
+        sessions: 3,
+        media_ms_encoded: 100,
+        media_ms_decoded: 200,
+        media_ms_egress: 0,
+        bytes_in: 300,
+        bytes_out: 400,
+        bytes_saved: 500,
+    };
+    let rows = store.usage("", "k1", 0).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].usage, old);
+    let a = Account {
+        key_id: "k1".into(),
+        tenant_id: "t1".into(),
+    };
+    let more = Usage {
+        media_ms_egress: 9_000,
+        ..Usage::default()
+    };
+    store
+        .add_usage(&[(a, more)], 1_700_000_000_000)
+        .await
+        .unwrap();
+    let rows = store.usage("", "k1", 0).await.unwrap();
+    assert_eq!(
+        rows[0].usage,
+        Usage {
+            media_ms_egress: 9_000,
+            ..old
+        }
+    );
+    store.close().await;
 }
 
 #[tokio::test]

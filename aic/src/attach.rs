@@ -101,10 +101,8 @@ impl Recorder {
                     .with_context(|| format!("--record {loc}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut cfg = aic_egress::EgressConfig::new(
-            format!("{}-{}", o.room, o.publisher),
-            outputs.clone(),
-        );
+        let mut cfg =
+            aic_egress::EgressConfig::new(format!("{}-{}", o.room, o.publisher), outputs.clone());
         if outputs.iter().any(|s| s.format == aic_egress::Format::Aic) {
             let m = std::fs::read_to_string(o.model_dir.join("manifest.json"))
                 .ok()
@@ -127,7 +125,11 @@ impl Recorder {
         }
         let egress = aic_egress::Egress::start(cfg).context("--record")?;
         for out in &egress.status().outputs {
-            eprintln!("aic attach: recording to {} ({})", out.location, out.format.name());
+            eprintln!(
+                "aic attach: recording to {} ({})",
+                out.location,
+                out.format.name()
+            );
         }
         Ok(Some(Recorder {
             egress,

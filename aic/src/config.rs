@@ -128,6 +128,11 @@ pub struct ServeArgs {
     /// refused (RESOURCE_EXHAUSTED) until the minute is over [default: 20].
     #[arg(long, env = "AIC_AUTH_FAILURES_PER_MINUTE")]
     pub auth_failures_per_minute: Option<u32>,
+    /// Let EgressService push to rtmp:// and srt:// URLs that API clients name (the server then
+    /// connects where a key holder says: enable only where that is wanted) [default: false].
+    /// File outputs always go to `<data-dir>/egress/<tenant>/`.
+    #[arg(long, env = "AIC_EGRESS_NETWORK", num_args = 0..=1, default_missing_value = "true")]
+    pub egress_network: Option<bool>,
     /// Print the resolved settings (TOML, secrets redacted) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -164,6 +169,7 @@ pub struct FileConfig {
     max_streams_per_connection: Option<u32>,
     tenant_slot_share: Option<f64>,
     auth_failures_per_minute: Option<u32>,
+    egress_network: Option<bool>,
 }
 
 /// Resolved settings.
@@ -204,6 +210,7 @@ pub struct Settings {
     pub max_streams_per_connection: u32,
     pub tenant_slot_share: f64,
     pub auth_failures_per_minute: u32,
+    pub egress_network: bool,
 }
 
 /// The default data directory: `$XDG_DATA_HOME/aic`, else `~/.local/share/aic`, else `./aic-data`.
@@ -306,6 +313,7 @@ pub fn resolve(
             .auth_failures_per_minute
             .or(f.auth_failures_per_minute)
             .unwrap_or(20),
+        egress_network: a.egress_network.or(f.egress_network).unwrap_or(false),
     };
     if !(1..=MAX_MODELS).contains(&s.model_dirs.len()) {
         bail!(

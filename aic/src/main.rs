@@ -5,6 +5,7 @@ mod attach;
 mod audio;
 mod bench;
 mod config;
+mod egress_cli;
 mod external;
 mod grpc_bench;
 mod janus;
@@ -82,6 +83,9 @@ enum Cmd {
         #[arg(long)]
         lenient: bool,
     },
+    /// Record live EncodeStream sessions of a running `aic serve` (its EgressService): start,
+    /// stop, list, watch.
+    Egress(egress_cli::EgressArgs),
     /// Re-render a .aic archive to Ogg/Opus, WebM, fragmented MP4, WAV, HLS, RTMP, SRT or a
     /// paged .aic, through the same GStreamer egress as live recordings.
     Render(render::RenderArgs),
@@ -466,6 +470,7 @@ fn run(cli: Cli) -> Result<()> {
                     max_streams_per_connection: s.max_streams_per_connection,
                     tenant_slot_share: s.tenant_slot_share,
                     auth_failures_per_minute: s.auth_failures_per_minute,
+                    egress_network: s.egress_network,
                 },
                 aic_service::shutdown_signal(),
             )?;
@@ -530,6 +535,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Admin(args) => admin::run(args)?,
         Cmd::Render(args) => render::run(&reg, args)?,
+        Cmd::Egress(args) => egress_cli::run(args)?,
         Cmd::Codecs => {
             for d in reg.iter() {
                 let status = match d.factory.availability() {

@@ -81,6 +81,7 @@ async fn one(mut c: CodecServiceClient<tonic::transport::Channel>, key: String) 
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
             model_id: String::new(),
+            egress_key: String::new(),
         })),
     };
     let frame = EncodeRequest {

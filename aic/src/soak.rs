@@ -108,6 +108,7 @@ async fn session(
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
             model_id: String::new(),
+            egress_key: String::new(),
         })),
     };
     let _ = tx.send(open).await;

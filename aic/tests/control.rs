@@ -88,6 +88,7 @@ fn enc_open(level: u32) -> EncodeRequest {
             latency_budget_ms: 0,
             reference_opus_kbps: 24,
             model_id: String::new(),
+            egress_key: String::new(),
         })),
     }
 }

@@ -31,6 +31,7 @@ fn open_with(level: u32, reference_opus_kbps: u32, codec: &str) -> EncodeRequest
             latency_budget_ms: 0,
             reference_opus_kbps,
             model_id: String::new(),
+            egress_key: String::new(),
         })),
     }
 }

@@ -70,6 +70,7 @@ fn enc_open(level: u32, rate: u32) -> EncodeRequest {
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
             model_id: String::new(),
+            egress_key: String::new(),
         })),
     }
 }
@@ -417,6 +418,7 @@ async fn unary_clips_round_trip_and_respect_the_size_limit() {
         latency_budget_ms: 0,
         reference_opus_kbps: 0,
         model_id: String::new(),
+        egress_key: String::new(),
     };
     let enc = c
         .encode(EncodeClipRequest {
@@ -601,6 +603,7 @@ fn enc_open_for(model_id: &str, level: u32) -> EncodeRequest {
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
             model_id: model_id.into(),
+            egress_key: String::new(),
         })),
     }
 }
@@ -746,6 +749,7 @@ async fn two_models_side_by_side_picked_by_model_id_share_one_slot_count() {
             latency_budget_ms: 0,
             reference_opus_kbps: 0,
             model_id: model_id.into(),
+            egress_key: String::new(),
         }),
         pcm_s16le: speech_s16le(3, 16_000).concat(),
     };

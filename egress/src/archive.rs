@@ -171,8 +171,13 @@ mod tests {
         o.write(run + 2, None, false).unwrap(); // 53 missing: 50 lost, the quiet packet, 2 lost
         assert_eq!(o.finish().unwrap(), 5 + run + 3);
         let got = read_all(&path);
-        let mut want: Vec<Option<Vec<u8>>> =
-            vec![Some(vec![1, 2, 3]), None, None, Some(vec![4]), Some(vec![9, 9])];
+        let mut want: Vec<Option<Vec<u8>>> = vec![
+            Some(vec![1, 2, 3]),
+            None,
+            None,
+            Some(vec![4]),
+            Some(vec![9, 9]),
+        ];
         want.extend(std::iter::repeat_n(None, MAX_LOST_RUN as usize));
         want.extend([Some(vec![9, 9]), None, None]);
         assert_eq!(got, want);

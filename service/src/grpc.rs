@@ -12,6 +12,7 @@ use aic_control::gate::Auth;
 use aic_pipeline::driver::Pipeline;
 use aic_proto::v1::codec_service_server::CodecServiceServer;
 use aic_proto::v1::control_service_server::ControlServiceServer;
+use aic_proto::v1::egress_service_server::EgressServiceServer;
 
 use crate::bootstrap::{Started, redact};
 use crate::svc::Svc;
@@ -52,6 +53,9 @@ pub(crate) async fn serve(
         .await;
     health_reporter
         .set_serving::<ControlServiceServer<aic_control::service::Control>>()
+        .await;
+    health_reporter
+        .set_serving::<EgressServiceServer<crate::egress::EgressSvc>>()
         .await;
     // Both reflection versions: grpcurl speaks v1, Python's grpcio-reflection and older
     // tools only v1alpha.
@@ -107,10 +111,16 @@ pub(crate) async fn serve(
         %addr,
         store = %redact(&opts.store_url),
         auth = ?opts.auth,
-        "serving CodecService and ControlService"
+        "serving CodecService, ControlService and EgressService"
     );
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+    let hub = Arc::new(crate::egress::Hub::new(&opts.data_dir, opts.egress_network));
+    let egress = crate::egress::EgressSvc {
+        hub: hub.clone(),
+        gate: gate.clone(),
+    };
     let svc = Svc {
+        egress: hub,
         models: models.clone(),
         slots: slots.clone(),
         first_message_timeout: opts.first_message_timeout,
@@ -137,6 +147,7 @@ pub(crate) async fn serve(
         .add_service(reflection_alpha)
         .add_service(CodecServiceServer::new(svc).max_decoding_message_size(8 << 20))
         .add_service(ControlServiceServer::new(control))
+        .add_service(EgressServiceServer::new(egress))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async move {

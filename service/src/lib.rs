@@ -29,6 +29,7 @@ pub mod bridge;
 
 mod bootstrap;
 mod clip;
+mod egress;
 mod grpc;
 mod hints;
 mod models;
@@ -80,6 +81,8 @@ pub struct Options {
     pub tenant_slot_share: f64,
     /// Failed authentications per client address and minute before it is refused.
     pub auth_failures_per_minute: u32,
+    /// EgressService may push to client-named rtmp:// and srt:// URLs.
+    pub egress_network: bool,
 }
 
 /// The admin token is never shown, nor the store URL's password.
@@ -108,6 +111,7 @@ impl std::fmt::Debug for Options {
             )
             .field("tenant_slot_share", &self.tenant_slot_share)
             .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .field("egress_network", &self.egress_network)
             .finish()
     }
 }

@@ -162,6 +162,26 @@ impl Svc {
         cfg.budget = budget(open.latency_budget_ms)?;
         let ticket = self.gate.admit(&grant, Want::Encode { level })?;
         let counters = ticket.meter.counters.clone();
+        // A named session can be recorded (EgressService): its input PCM and AIC frames go
+        // to the egresses attached to it.
+        let tap = if open.egress_key.is_empty() {
+            None
+        } else {
+            let m = &served.model.manifest;
+            Some(self.egress.register(
+                &grant.tenant_id,
+                &open.egress_key,
+                aic_codec::CodecInfo {
+                    codec: "aic".into(),
+                    model_id: m.model_id.clone(),
+                    sample_rate: m.sample_rate,
+                    frame_samples: m.frame_samples,
+                    delay_samples: m.decoder_delay_samples,
+                    point: aic_codec::OperatingPoint::Level(level as u8),
+                },
+            )?)
+        };
+        let reader_tap = tap.clone();
         let (sender, outputs, slot) = self.slots.open_status(&served.pipeline, cfg)?;
         let model_label = served.id().to_owned();
         let guard = SessionGuard::new("EncodeStream");
@@ -197,6 +217,9 @@ impl Svc {
             // The ticket lives as long as this forwarder: the session ends when its last
             // output is through (or the client is gone).
             meter_encoded(&ticket, n, ref_bytes);
+            if let Some(t) = &tap {
+                t.tap.frame(o.seq, &o.payload);
+            }
             encode_response_of(o)
         });
         let idle = self.idle_timeout;
@@ -206,6 +229,8 @@ impl Svc {
             let mut guard = guard;
             let mut mid = Vec::with_capacity(320);
             let mut opus_in: Option<aic_codec::opus::OpusDecoder> = None;
+            let tap = reader_tap;
+            let mut seq = 0u64;
             loop {
                 let msg = match next_message(&mut inbound, idle, "message", &mut cut).await {
                     Next::Msg(m) => m,
@@ -300,6 +325,10 @@ impl Svc {
                 if !wait_for_room(&reader_credits, &tx, &mut guard).await {
                     break;
                 }
+                if let Some(t) = &tap {
+                    t.tap.pcm(seq, &pcm);
+                }
+                seq += 1;
                 if sender.push_pcm(pcm).is_err() {
                     let _ = tx
                         .send(Err(Status::unavailable("the pipeline is shutting down")))

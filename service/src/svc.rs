@@ -63,6 +63,8 @@ pub(crate) struct Svc {
     /// Becomes true when the shutdown grace period is over: open sessions are cut.
     pub(crate) cut: tokio::sync::watch::Receiver<bool>,
     pub(crate) gate: Arc<Gate>,
+    /// Recordable sessions and their egresses (`EgressService`).
+    pub(crate) egress: Arc<crate::egress::Hub>,
 }
 
 pub(crate) fn pcm_from_s16le(b: &[u8]) -> Vec<f32> {

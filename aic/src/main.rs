@@ -5,6 +5,7 @@ mod attach;
 mod audio;
 mod bench;
 mod config;
+mod egress_bench;
 mod egress_cli;
 mod external;
 mod grpc_bench;
@@ -212,6 +213,9 @@ enum BenchSub {
     /// Concealment under packet loss: AIC's vs repeat-last-frame, Opus PLC, Opus in-band FEC and
     /// libopus' deep PLC, at random and bursty loss; PLCMOS v2, DNSMOS, STOI.
     Loss(loss_bench::LossArgs),
+    /// What recording costs (issue #13): concurrent recordings per core (Ogg/Opus and native
+    /// .aic), memory per recording, start latency p50/p99, storage per hour of speech.
+    Egress(egress_bench::EgressBenchArgs),
     /// Concurrent real-time EncodeStream sessions against `aic serve` on loopback, next to the
     /// same streams in process: the gRPC overhead as a ratio.
     Grpc {
@@ -837,6 +841,10 @@ fn run(cli: Cli) -> Result<()> {
             sub: Some(BenchSub::Loss(a)),
             ..
         }) => loss_bench::main(&reg, &a)?,
+        Cmd::Bench(BenchArgs {
+            sub: Some(BenchSub::Egress(a)),
+            ..
+        }) => egress_bench::run(&reg, &a)?,
         Cmd::Bench(BenchArgs {
             sub: None,
             inputs,

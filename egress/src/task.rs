@@ -384,6 +384,7 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        let mut changed = false;
         for o in &mut self.outputs {
             let Sink::Gst(g) = &mut o.sink else { continue };
             let Placement::Write { fill } = o.timeline.place(index) else {
@@ -392,12 +393,30 @@ impl Worker {
             };
             if let Err(e) = g.write(fill, pcm) {
                 fail(o, now, e.to_string());
+                continue;
             }
+            // While starting, look at the bus after every write: the start latency is then
+            // measured to the frame, not to the next tick.
+            if *o.sup.state() == State::Starting {
+                let news = g.poll();
+                if let Some(why) = news.error {
+                    fail(o, now, why);
+                } else if news.playing && o.sup.progress(now) {
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            for o in &mut self.outputs {
+                refresh(o);
+            }
+            self.publish();
         }
     }
 
     fn frame(&mut self, index: u64, packet: Option<&[u8]>, quiet: bool) {
         let now = Instant::now();
+        let mut changed = false;
         for o in &mut self.outputs {
             let Sink::Aic(a) = &mut o.sink else { continue };
             let Placement::Write { fill } = o.timeline.place(index) else {
@@ -405,14 +424,15 @@ impl Worker {
                 continue;
             };
             match a.write(fill, packet, quiet) {
-                Ok(()) => {
-                    if o.sup.progress(now) {
-                        o.status.start_latency_ms =
-                            o.sup.start_latency().map(|d| d.as_millis() as u64);
-                    }
-                }
+                Ok(()) => changed |= o.sup.progress(now),
                 Err(e) => fail(o, now, e.to_string()),
             }
+        }
+        if changed {
+            for o in &mut self.outputs {
+                refresh(o);
+            }
+            self.publish();
         }
     }
 

@@ -50,7 +50,12 @@ pub struct EgressBenchArgs {
 fn speech_loop() -> Result<Vec<f32>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/fixtures/speech");
     let mut x = Vec::new();
-    for name in ["en_f_confbridge.wav", "it_m_speed-dial.wav", "ru_f_vm-helpexit.wav", "en_espeak.wav"] {
+    for name in [
+        "en_f_confbridge.wav",
+        "it_m_speed-dial.wav",
+        "ru_f_vm-helpexit.wav",
+        "en_espeak.wav",
+    ] {
         let (pcm, sr) = crate::audio::read_wav(&dir.join(name))?;
         x.extend(aic_codec::resample::resample(&pcm, sr, 16_000)?);
     }
@@ -100,7 +105,8 @@ fn capacity(a: &EgressBenchArgs, dir: &Path, format: &str, m: &Media) -> Result<
     let t0 = Instant::now();
     for i in 0..a.streams {
         let loc = dir.join(format!("cap-{format}-{i}.{ext}"));
-        let spec = OutputSpec::parse(loc.to_str().context("path")?, None)?.with_bitrate(a.bitrate)?;
+        let spec =
+            OutputSpec::parse(loc.to_str().context("path")?, None)?.with_bitrate(a.bitrate)?;
         let mut cfg = EgressConfig::new(format!("{format}-{i}"), vec![spec]);
         cfg.aic_info = Some(m.info.clone());
         egresses.push(Egress::start(cfg)?);
@@ -170,7 +176,11 @@ fn capacity(a: &EgressBenchArgs, dir: &Path, format: &str, m: &Media) -> Result<
         100.0 / cpu_pct,
         (rss_peak.saturating_sub(rss0)) as f64 / n,
         bytes as f64 / (media_ms as f64 / 1000.0) * 3600.0 / 1e6,
-        if kept_up { "" } else { "  (DID NOT KEEP UP: frames dropped/filled)" }
+        if kept_up {
+            ""
+        } else {
+            "  (DID NOT KEEP UP: frames dropped/filled)"
+        }
     );
     Ok(r)
 }
@@ -210,13 +220,21 @@ fn start_latency(a: &EgressBenchArgs, dir: &Path, m: &Media) -> Result<Value> {
     }
     let p50 = quantile(&mut lat, 0.5);
     let p99 = quantile(&mut lat, 0.99);
-    eprintln!("egress bench: start latency (Ogg) p50 {p50:.1} ms, p99 {p99:.1} ms over {} starts ({failed} failed)", a.starts);
-    Ok(json!({"starts": a.starts, "failed": failed, "p50_ms": p50, "p99_ms": p99,
-              "max_ms": lat.iter().copied().fold(0.0, f64::max)}))
+    eprintln!(
+        "egress bench: start latency (Ogg) p50 {p50:.1} ms, p99 {p99:.1} ms over {} starts ({failed} failed)",
+        a.starts
+    );
+    Ok(
+        json!({"starts": a.starts, "failed": failed, "p50_ms": p50, "p99_ms": p99,
+              "max_ms": lat.iter().copied().fold(0.0, f64::max)}),
+    )
 }
 
 pub fn run(reg: &CodecRegistry, a: &EgressBenchArgs) -> Result<()> {
-    if !(1..=2000).contains(&a.streams) || !(1.0..=7200.0).contains(&a.duration) || a.starts > 10_000 {
+    if !(1..=2000).contains(&a.streams)
+        || !(1.0..=7200.0).contains(&a.duration)
+        || a.starts > 10_000
+    {
         bail!("--streams 1..=2000, --duration 1..=7200 s, --starts ≤ 10000");
     }
     let x = speech_loop()?;
@@ -224,7 +242,11 @@ pub fn run(reg: &CodecRegistry, a: &EgressBenchArgs) -> Result<()> {
     let m = Media {
         pcm: x
             .chunks_exact(320)
-            .map(|f| f.iter().map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16).collect())
+            .map(|f| {
+                f.iter()
+                    .map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+                    .collect()
+            })
             .collect(),
         packets: enc.packets.clone(),
         info: enc.header.info.clone(),
@@ -238,7 +260,12 @@ pub fn run(reg: &CodecRegistry, a: &EgressBenchArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut runs = Vec::new();
-    for f in a.formats.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+    for f in a
+        .formats
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+    {
         runs.push(capacity(a, &dir, f, &m)?);
     }
     let starts = start_latency(a, &dir, &m)?;

@@ -416,5 +416,29 @@ async fn egress_requests_stay_in_their_tenant_and_off_the_network() {
         .unwrap()
         .into_inner();
     assert_eq!(stopped.state, "stopped", "{stopped:?}");
+
+    // SIGTERM with `b` still recording: the server finishes its file before it exits.
+    for f in speech().into_iter().take(50) {
+        tx.send(pcm(f)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut s = s;
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let st = s.wait_exit(30).expect("aic serve exits after SIGTERM");
+    assert!(st.success(), "{st}");
+    let tenant_dir = std::fs::read_dir(data.join("egress"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let got = ffdecode_s(&tenant_dir.join("a-2.ogg"));
+    assert!(
+        (got - 1.0).abs() <= 0.02,
+        "a-2.ogg: {got} s of the 1 s sent"
+    );
     drop(tx);
 }

@@ -320,6 +320,22 @@ impl Hub {
         Ok(spec)
     }
 
+    /// At server shutdown: stops every egress still running and waits (at most 10 s) until
+    /// each has finished its files, whoever is stopping it.
+    pub(crate) fn shutdown(&self) {
+        let jobs: Vec<Arc<Job>> = lock(&self.jobs).values().cloned().collect();
+        for j in &jobs {
+            j.stop_blocking();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while jobs.iter().any(|j| !j.status.borrow().done) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !jobs.is_empty() {
+            tracing::info!(egresses = jobs.len(), "egresses finished");
+        }
+    }
+
     fn job(&self, tenant: &str, id: &str) -> Result<Arc<Job>, Status> {
         lock(&self.jobs)
             .get(id)

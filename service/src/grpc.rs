@@ -115,6 +115,7 @@ pub(crate) async fn serve(
     );
     let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
     let hub = Arc::new(crate::egress::Hub::new(&opts.data_dir, opts.egress_network));
+    let hub_at_end = hub.clone();
     let egress = crate::egress::EgressSvc {
         hub: hub.clone(),
         gate: gate.clone(),
@@ -166,6 +167,8 @@ pub(crate) async fn serve(
     }
     // Sessions still open stop reading now and end with UNAVAILABLE.
     let _ = cut_tx.send(true);
+    // Recordings are finished (trailers, last fragments, playlists) before the process goes.
+    let _ = tokio::task::spawn_blocking(move || hub_at_end.shutdown()).await;
     Ok(())
 }
 

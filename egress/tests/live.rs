@@ -258,8 +258,9 @@ fn a_sink_that_never_starts_is_failed_and_never_blocks_the_media_path() {
         slowest = slowest.max(p.elapsed());
     }
     eprintln!("500 pushes in {:?}, slowest {slowest:?}", t.elapsed());
+    // A push that blocked would wait for the sink: seconds (the start bound is 5 s).
     assert!(
-        slowest < Duration::from_millis(100),
+        slowest < Duration::from_secs(1),
         "a push blocked for {slowest:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -272,7 +272,14 @@ fn a_sink_that_never_starts_is_failed_and_never_blocks_the_media_path() {
         assert!(Instant::now() < deadline, "still {:?}", st.outputs[0].state);
         let _ = tokio_free_wait(&mut rx);
     };
-    assert!(failed.0.contains("did not start recording"), "{}", failed.0);
+    // Whichever bound comes first: our 5 s start bound, or rtmp2sink's own handshake timeout
+    // (also about 5 s): either way the start is reported failed, never left pending.
+    eprintln!("failed: {}", failed.0);
+    assert!(
+        failed.0.contains("did not start recording") || failed.0.contains("timed out"),
+        "{}",
+        failed.0
+    );
     assert!(
         failed.1.outputs[0].dropped > 0 || failed.1.queue_dropped > 0,
         "{:?}",

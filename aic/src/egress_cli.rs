@@ -27,12 +27,20 @@ pub struct EgressArgs {
 
 #[derive(Subcommand)]
 enum EgressCmd {
-    /// Record the live EncodeStream session opened with `egress_key = STREAM`. Outputs: file
+    /// Record the live EncodeStream session opened with `egress_key = STREAM` (or render a
+    /// `.aic` archive of the tenant: `--archive NAME`). Outputs: file
     /// names (in the server's `<data-dir>/egress/<tenant>/`: `x.ogg`, `x.webm`, `x.mp4`,
     /// `x.wav`, `x.aic`, `x/` for HLS) or, where the server allows, rtmp:// and srt:// URLs.
     Start {
+        /// The live session to record (its `egress_key`).
+        #[arg(long, required_unless_present = "archive", conflicts_with = "archive")]
+        stream: Option<String>,
+        /// Or a `.aic` archive in the tenant's egress directory to render.
         #[arg(long)]
-        stream: String,
+        archive: Option<String>,
+        /// Archive: at the media's own pace (a live restream).
+        #[arg(long)]
+        realtime: bool,
         #[arg(required = true)]
         outputs: Vec<String>,
         /// Opus/AAC bitrate, e.g. 32k.
@@ -130,6 +138,8 @@ pub fn run(a: EgressArgs) -> Result<()> {
         match a.cmd {
             EgressCmd::Start {
                 stream,
+                archive,
+                realtime,
                 outputs,
                 bitrate,
                 segment,
@@ -149,7 +159,15 @@ pub fn run(a: EgressArgs) -> Result<()> {
                     })
                     .collect();
                 let e = c
-                    .start_egress(req(pb::StartEgressRequest { stream, outputs }, &key)?)
+                    .start_egress(req(
+                        pb::StartEgressRequest {
+                            stream: stream.unwrap_or_default(),
+                            archive: archive.unwrap_or_default(),
+                            outputs,
+                            realtime,
+                        },
+                        &key,
+                    )?)
                     .await?
                     .into_inner();
                 println!("{}", describe(&e));

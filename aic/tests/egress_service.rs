@@ -172,6 +172,7 @@ async fn a_live_session_is_recorded_watched_listed_and_metered() {
                 pb::StartEgressRequest {
                     stream: "call-1".into(),
                     outputs: vec![out("call.ogg"), out("call.aic"), out("call/")],
+                    ..Default::default()
                 },
             )),
         )
@@ -285,6 +286,55 @@ async fn a_live_session_is_recorded_watched_listed_and_metered() {
         (egress_s - want).abs() < 0.021,
         "metered {egress_s} s, recorded {want} s"
     );
+
+    // The archive just recorded, rendered by the server through its pipeline to WebM, with
+    // the CLI following it to the end.
+    let o = Command::new(env!("CARGO_BIN_EXE_aic"))
+        .args([
+            "egress",
+            "start",
+            "--archive",
+            "call.aic",
+            "again.webm",
+            "--watch",
+        ])
+        .args(["--server", &s.url(), "--api-key", &key])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("archive:call.aic") && text.contains("stopped"),
+        "{text}"
+    );
+    let again = ffdecode_s(&tdir.join("again.webm"));
+    let aic_ms = last.outputs[1].media_ms as f64;
+    assert!(
+        (again * 1000.0 - aic_ms).abs() <= 20.0,
+        "again.webm {again} s for {aic_ms} ms"
+    );
+    // Outside the tenant's directory, or not an archive: refused.
+    for bad in ["../call.aic", "call.ogg", "none.aic"] {
+        let e = eg
+            .start_egress(bearer(
+                &key,
+                pb::StartEgressRequest {
+                    archive: bad.into(),
+                    outputs: vec![out("x.ogg")],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e.code(), Code::InvalidArgument | Code::NotFound),
+            "{bad}: {e:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,6 +378,7 @@ async fn egress_requests_stay_in_their_tenant_and_off_the_network() {
     let start = |stream: &str, outs: Vec<pb::EgressOutput>| pb::StartEgressRequest {
         stream: stream.into(),
         outputs: outs,
+        ..Default::default()
     };
     for (k, req, code) in [
         (&key, start("nope", vec![out("a.ogg")]), Code::NotFound),

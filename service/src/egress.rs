@@ -288,13 +288,7 @@ impl Hub {
             o.location.clone()
         } else {
             let name = o.location.strip_suffix('/').unwrap_or(&o.location);
-            let plain = !name.is_empty()
-                && name.len() <= 128
-                && !name.starts_with('.')
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !plain {
+            if !plain_name(name) {
                 return Err(bad(format!(
                     "output location {} must be a plain file name (letters, digits, -_.; not starting with a dot), or a URL",
                     ex(&o.location)
@@ -318,6 +312,18 @@ impl Hub {
                 .map_err(|e| bad(e.to_string()))?;
         }
         Ok(spec)
+    }
+
+    fn check_caps(&self, tenant: &str) -> Result<(), Status> {
+        let jobs = lock(&self.jobs);
+        let running: Vec<&Arc<Job>> = jobs.values().filter(|j| j.running()).collect();
+        let mine = running.iter().filter(|j| j.tenant == tenant).count();
+        if mine >= MAX_PER_TENANT || running.len() >= MAX_RUNNING {
+            return Err(Status::resource_exhausted(format!(
+                "{mine} egresses of this tenant running ({MAX_PER_TENANT} allowed; {MAX_RUNNING} on the server)"
+            )));
+        }
+        Ok(())
     }
 
     /// At server shutdown: stops every egress still running and waits (at most 10 s) until
@@ -363,6 +369,9 @@ impl Hub {
 pub(crate) struct EgressSvc {
     pub(crate) hub: Arc<Hub>,
     pub(crate) gate: Arc<Gate>,
+    /// For archive sources: the served models' pipelines decode them.
+    pub(crate) models: Arc<crate::models::Models>,
+    pub(crate) slots: Arc<crate::models::Slots>,
 }
 
 impl EgressSvc {
@@ -372,6 +381,14 @@ impl EgressSvc {
         r: StartEgressRequest,
     ) -> Result<EgressInfo, Status> {
         let hub = &self.hub;
+        if !r.archive.is_empty() {
+            if !r.stream.is_empty() {
+                return Err(Status::invalid_argument(
+                    "name one source: `stream` or `archive`, not both",
+                ));
+            }
+            return self.start_archive(grant, r).await;
+        }
         check_key(&r.stream)?;
         if r.outputs.is_empty() || r.outputs.len() > aic_egress::task::MAX_OUTPUTS {
             return Err(Status::invalid_argument(format!(
@@ -388,20 +405,7 @@ impl EgressSvc {
                     ex(&r.stream)
                 ))
             })?;
-        {
-            let jobs = lock(&hub.jobs);
-            let running: Vec<&Arc<Job>> = jobs.values().filter(|j| j.running()).collect();
-            let mine = running
-                .iter()
-                .filter(|j| j.tenant == grant.tenant_id)
-                .count();
-            if mine >= MAX_PER_TENANT || running.len() >= MAX_RUNNING {
-                return Err(Status::resource_exhausted(format!(
-                    "{mine} egresses of this tenant running ({MAX_PER_TENANT} allowed; \
-                     {MAX_RUNNING} on the server)"
-                )));
-            }
-        }
+        hub.check_caps(&grant.tenant_id)?;
         let dir = hub.tenant_dir(&grant.tenant_id)?;
         let outputs = r
             .outputs
@@ -443,6 +447,178 @@ impl EgressSvc {
         tracing::info!(egress = %job.id, stream = %job.stream, tenant = %job.tenant, "egress started");
         Ok(job.info())
     }
+}
+
+/// A plain file name (letters, digits, `-_.`, no leading dot, ≤ 128 bytes).
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+impl EgressSvc {
+    /// An egress fed by a `.aic` archive of the tenant: its packets through a decode stream of
+    /// the served model's pipeline (one slot, the sessions' flow control, a 1 s budget per
+    /// frame so nothing is concealed for lack of time), the PCM to the outputs.
+    async fn start_archive(
+        &self,
+        grant: &aic_control::policy::KeyGrant,
+        r: StartEgressRequest,
+    ) -> Result<EgressInfo, Status> {
+        use aic_codec::bitstream::container::PacketReader;
+        let hub = &self.hub;
+        if !plain_name(&r.archive) || !r.archive.ends_with(".aic") {
+            return Err(Status::invalid_argument(format!(
+                "archive {} must be the name of a .aic file in this tenant's egress directory",
+                ex(&r.archive)
+            )));
+        }
+        if r.outputs.is_empty() || r.outputs.len() > aic_egress::task::MAX_OUTPUTS {
+            return Err(Status::invalid_argument(format!(
+                "an egress needs 1..={} outputs",
+                aic_egress::task::MAX_OUTPUTS
+            )));
+        }
+        hub.check_caps(&grant.tenant_id)?;
+        let dir = hub.tenant_dir(&grant.tenant_id)?;
+        let file = std::fs::File::open(dir.join(&r.archive)).map_err(|_| {
+            Status::not_found(format!("no archive {} for this tenant", ex(&r.archive)))
+        })?;
+        let packets = PacketReader::new(std::io::BufReader::new(file))
+            .map_err(|e| Status::invalid_argument(format!("{}: {e}", ex(&r.archive))))?;
+        let info = packets.header().info.clone();
+        if info.codec != "aic" || info.sample_rate != 16_000 {
+            return Err(Status::invalid_argument(format!(
+                "{}: a {} archive at {} Hz; EgressService renders AIC archives (`aic render` renders any)",
+                ex(&r.archive),
+                ex(&info.codec),
+                info.sample_rate
+            )));
+        }
+        let served = self.models.pick(&info.model_id)?;
+        let pipeline = served.pipeline.clone();
+        let outputs = r
+            .outputs
+            .iter()
+            .map(|o| hub.output(o, &dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ticket = self.gate.admit(grant, Want::Decode)?;
+        let mut stream_cfg = aic_pipeline::engine::StreamConfig::decode();
+        stream_cfg.budget = Duration::from_millis(1000);
+        let (sender, pipe_out, slot) = self.slots.open_status(&pipeline, stream_cfg)?;
+        let id = format!("eg_{:08}", hub.next.fetch_add(1, Ordering::Relaxed));
+        let mut cfg = EgressConfig::new(id.clone(), outputs);
+        cfg.lossless = true;
+        cfg.aic_info = Some(info);
+        let egress = tokio::task::spawn_blocking(move || Egress::start(cfg))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| match e {
+                aic_egress::Error::Spec(m) => Status::invalid_argument(m),
+                other => Status::failed_precondition(other.to_string()),
+            })?;
+        let job = Arc::new(Job {
+            id: id.clone(),
+            tenant: grant.tenant_id.clone(),
+            stream: format!("archive:{}", r.archive),
+            started_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            dir,
+            status: egress.subscribe(),
+            egress: Mutex::new(Some(egress)),
+            ticket: Mutex::new(Some(ticket)),
+        });
+        lock(&hub.jobs).insert(id, job.clone());
+        hub.prune(&grant.tenant_id);
+        let j = job.clone();
+        let realtime = r.realtime;
+        std::thread::Builder::new()
+            .name("egress-archive".into())
+            .spawn(move || {
+                if let Err(why) = render_archive(&j, packets, sender, pipe_out, realtime) {
+                    tracing::warn!(egress = %j.id, %why, "archive render ended early");
+                }
+                drop(slot);
+                j.stop_blocking();
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(egress = %job.id, source = %job.stream, tenant = %job.tenant, "egress started");
+        Ok(job.info())
+    }
+}
+
+/// Reads `packets` into the decode stream `sender` (at most [`crate::svc::IN_FLIGHT`] frames
+/// inside the pipeline), hands each decoded frame to the job's egress in order, and meters it.
+/// Ends at the archive's end (a live recording's torn last page included), when the egress is
+/// stopped, or on an error (returned for the log; the outputs keep what they got).
+fn render_archive<R: std::io::Read>(
+    job: &Job,
+    mut packets: aic_codec::bitstream::container::PacketReader<R>,
+    sender: aic_pipeline::driver::StreamSender,
+    outputs: std::sync::mpsc::Receiver<aic_pipeline::engine::Output>,
+    realtime: bool,
+) -> Result<(), String> {
+    use aic_codec::bitstream::container::ContainerError;
+    let expected = packets.packets_expected();
+    let live = packets.is_live();
+    let t0 = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut done = 0u64;
+    let take = |done: &mut u64| -> Result<bool, String> {
+        let o = outputs
+            .recv_timeout(crate::svc::STALL)
+            .map_err(|_| "pipeline stalled".to_string())?;
+        let pcm: Vec<i16> = match &o.payload {
+            Payload::Pcm(p) | Payload::Concealed(p) => p
+                .iter()
+                .map(|v| (v.clamp(-1.0, 1.0) * 32767.0).round() as i16)
+                .collect(),
+            other => return Err(format!("unexpected pipeline output {other:?}")),
+        };
+        if realtime {
+            let due = t0 + Duration::from_millis(20 * o.seq);
+            std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+        }
+        *done += 1;
+        let g = lock(&job.egress);
+        let Some(e) = g.as_ref() else {
+            return Ok(false); // stopped
+        };
+        e.push_pcm_blocking(o.seq, &pcm)
+            .map_err(|e| e.to_string())?;
+        if let Some(t) = lock(&job.ticket).as_ref() {
+            t.meter.counters.egress_ms(20);
+        }
+        Ok(true)
+    };
+    while sent < expected {
+        let p = match packets.next_packet() {
+            None => break,
+            Some(Ok(p)) => p.map(<[u8]>::to_vec),
+            Some(Err(ContainerError::TruncatedPage { .. })) if live => break,
+            Some(Err(e)) => return Err(e.to_string()),
+        };
+        if sent - done >= crate::svc::IN_FLIGHT as u64 && !take(&mut done)? {
+            return Ok(());
+        }
+        sender
+            .push_aic(p.filter(|b| !b.is_empty()))
+            .map_err(|_| "the pipeline is shutting down".to_string())?;
+        sent += 1;
+    }
+    while done < sent {
+        if !take(&mut done)? {
+            return Ok(());
+        }
+    }
+    drop(sender);
+    let _ = outputs.recv_timeout(crate::svc::STALL);
+    Ok(())
 }
 
 async fn authed<T, R>(

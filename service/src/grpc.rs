@@ -119,6 +119,8 @@ pub(crate) async fn serve(
     let egress = crate::egress::EgressSvc {
         hub: hub.clone(),
         gate: gate.clone(),
+        models: models.clone(),
+        slots: slots.clone(),
     };
     let svc = Svc {
         egress: hub,

@@ -316,7 +316,11 @@ impl Hub {
 
     fn check_caps(&self, tenant: &str) -> Result<(), Status> {
         let jobs = lock(&self.jobs);
-        let running: Vec<&Arc<Job>> = jobs.values().filter(|j| j.running()).collect();
+        // An egress whose every output failed holds nothing: it does not count.
+        let running: Vec<&Arc<Job>> = jobs
+            .values()
+            .filter(|j| j.running() && !j.status.borrow().done)
+            .collect();
         let mine = running.iter().filter(|j| j.tenant == tenant).count();
         if mine >= MAX_PER_TENANT || running.len() >= MAX_RUNNING {
             return Err(Status::resource_exhausted(format!(
